@@ -1,0 +1,3 @@
+from authkeep.cli import main
+
+main()

@@ -1,0 +1,109 @@
+"""The ASGI application: `create_app(settings)` wires routers by mode; the lifespan opens the
+database chosen by the bootstrap and closes it on shutdown. Nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from authkeep import __version__
+from authkeep.config import Role, Settings, load_settings, resolve_role
+from authkeep.core import health, migrate
+from authkeep.core.bootstrap import select_database
+from authkeep.core.db import Database
+from authkeep.core.secrets import ensure_secrets
+from authkeep.errors import ConfigError, install_error_handlers
+
+logger = logging.getLogger("authkeep")
+
+
+def prepare(settings: Settings) -> Settings:
+    """Settings ready to serve: secrets present (generated in standalone) and a servable role."""
+    settings = ensure_secrets(settings)
+    check_role(settings)
+    return settings
+
+
+def check_role(settings: Settings) -> Role:
+    """Standalone and login serve everything; edge nodes are not part of this release."""
+    role = resolve_role(settings)
+    if role is Role.EDGE:
+        if settings.login_url is None and settings.fly_app_name is None:
+            raise ConfigError(
+                "This node resolved to the edge role but cannot find login: set AUTHKEEP_LOGIN_URL."
+            )
+        raise ConfigError(
+            "The edge role is not available in this version of authkeep. Run this node as "
+            "standalone or login (set AUTHKEEP_ROLE=login, or mount the data volume)."
+        )
+    return role
+
+
+async def open_database(settings: Settings) -> Database:
+    """Select the DSN, build the engine from it, and make sure the schema is at head.
+
+    Standalone SQLite migrates itself; PostgreSQL refuses a schema that is behind and names
+    the command to run, because migrations belong to the deploy step, not to every node.
+    """
+    selection = await select_database(settings)
+    database = Database.open(selection.candidate, settings)
+    try:
+        if not selection.reachable:
+            return database
+        if database.is_sqlite:
+            report = await migrate.upgrade(database.engine)
+            if report.changed:
+                logger.info("SQLite schema migrated %s -> %s", report.before, report.after)
+        else:
+            await migrate.require_head(database.engine)
+    except BaseException:
+        await database.dispose()
+        raise
+    return database
+
+
+def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
+    """Build the application for these settings. Routers are chosen by mode in one block.
+
+    `database` is one already opened by `open_database` (the CLI does that first so bootstrap
+    errors print cleanly); without it the lifespan opens one.
+    """
+    settings = prepare(settings)
+    role = resolve_role(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.database = database or await open_database(settings)
+        logger.info(
+            "authkeep %s ready (%s, %s)",
+            __version__,
+            role.value,
+            "production" if settings.is_production else "development",
+        )
+        try:
+            yield
+        finally:
+            await app.state.database.dispose()
+
+    app = FastAPI(title="authkeep", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.role = role
+    install_error_handlers(app)
+
+    app.include_router(health.router)
+    # The same checks under /api, so a proxy that forwards only /api/* reaches them (seed 002).
+    app.include_router(health.router, prefix="/api", include_in_schema=False)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` and multi-worker serving: settings read once per process."""
+    from authkeep.core.logs import setup_logging
+
+    settings = load_settings()
+    setup_logging(settings)
+    return create_app(settings)

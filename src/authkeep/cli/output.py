@@ -1,0 +1,62 @@
+"""How every command speaks: Rich text for people, `--json` for scripts, one `fail()` for both.
+
+Exit codes scripts can trust: 0 success, 1 the operation failed, 2 bad usage or refused without
+confirmation.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from authkeep.errors import AuthkeepError
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+@dataclass
+class Output:
+    """Where a command reports: Rich text or a single JSON document on stdout."""
+
+    json: bool = False
+
+    def result(self, data: dict[str, Any], text: str | None = None) -> None:
+        if self.json:
+            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        elif text is not None:
+            stdout.print(text)
+
+    def info(self, text: str) -> None:
+        if not self.json:
+            stdout.print(text)
+
+    def fail(
+        self,
+        detail: str,
+        *,
+        code: str = "failed",
+        exit_code: int = EXIT_FAILED,
+        data: dict[str, Any] | None = None,
+    ) -> NoReturn:
+        """Report a failure the same way in text and JSON, then exit with `exit_code`."""
+        if self.json:
+            payload = {"ok": False, "error": code, "detail": detail, **(data or {})}
+            sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+        else:
+            stderr.print(f"[bold red]error[/] ({code}): {detail}")
+        raise typer.Exit(exit_code)
+
+    def fail_with(self, error: AuthkeepError, *, exit_code: int = EXIT_FAILED) -> NoReturn:
+        self.fail(error.detail, code=error.code, exit_code=exit_code)

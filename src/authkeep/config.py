@@ -1,0 +1,186 @@
+"""Settings: read once from the environment (and an optional `.env`) into one typed object.
+
+Names keep the seeds' spellings (`AUTH_DATABASE_URI`, `DATABASE_URL*`, `TRUSTED_ORIGINS`) so their
+users can switch without renaming secrets; everything else is `AUTHKEEP_*`. Nothing here runs at
+import time: call `load_settings()`.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Environment(enum.StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class Role(enum.StrEnum):
+    STANDALONE = "standalone"
+    LOGIN = "login"
+    EDGE = "edge"
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+def _alias(*names: str) -> Any:
+    return Field(default=None, validation_alias=AliasChoices(*names))
+
+
+class Settings(BaseSettings):
+    """Every setting authkeep reads. Secrets are `SecretStr` so they never print by accident."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AUTHKEEP_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    env: Environment = Environment.DEVELOPMENT
+    role: Role | None = None
+    login_url: str | None = None
+    data_dir: Path = Path("data")
+    public_url: str | None = None
+    host: str | None = None
+    port: int = Field(default=8080, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_format: LogFormat = LogFormat.TEXT
+    log_level: str = "INFO"
+
+    secret_key: SecretStr | None = None
+    redis_url: SecretStr | None = None
+
+    # Database: the seeds' variable names, in SPEC §4 precedence order.
+    auth_database_uri: SecretStr | None = _alias("AUTH_DATABASE_URI")
+    database_url: SecretStr | None = _alias("DATABASE_URL")
+    database_url_internal: SecretStr | None = _alias("DATABASE_URL_INTERNAL")
+    database_url_local: SecretStr | None = _alias("DATABASE_URL_LOCAL")
+    database_url_remote: SecretStr | None = _alias("DATABASE_URL_REMOTE")
+    database_url_admin: SecretStr | None = _alias("DATABASE_URL_ADMIN")
+    strict_db_bootstrap: bool | None = None
+    db_rewrite_internal: bool = True
+    db_local_proxy: str = "localhost:5432"
+    db_probe_timeout: float = Field(default=5.0, gt=0, le=120)
+    db_connect_timeout: int = Field(default=10, ge=1, le=300)
+    db_pool_size: int = Field(default=5, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    db_pool_timeout: float = Field(default=10.0, gt=0, le=300)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    db_idle_in_transaction_timeout_ms: int = Field(default=60_000, ge=0)
+    health_db_timeout: float = Field(default=2.0, gt=0, le=60)
+
+    trusted_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("TRUSTED_ORIGINS")
+    )
+
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "authkeep <no-reply@localhost>"
+    smtp_starttls: bool = True
+
+    # Fly.io's own variables: their presence is how authkeep knows it runs on Fly.
+    fly_app_name: str | None = _alias("FLY_APP_NAME")
+    fly_machine_id: str | None = _alias("FLY_MACHINE_ID")
+
+    @field_validator(
+        "auth_database_uri",
+        "database_url",
+        "database_url_internal",
+        "database_url_local",
+        "database_url_remote",
+        "database_url_admin",
+        "secret_key",
+        "redis_url",
+        "smtp_password",
+        "fly_app_name",
+        "fly_machine_id",
+        "login_url",
+        "public_url",
+        "role",
+        "strict_db_bootstrap",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """Empty or whitespace-only values count as unset (SPEC §4)."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("trusted_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def on_fly(self) -> bool:
+        return self.fly_app_name is not None
+
+    @property
+    def is_production(self) -> bool:
+        """Production is explicit (`AUTHKEEP_ENV=production`) or implied by running on Fly."""
+        return self.env is Environment.PRODUCTION or self.on_fly
+
+    @property
+    def strict_bootstrap(self) -> bool:
+        if self.strict_db_bootstrap is not None:
+            return self.strict_db_bootstrap
+        return self.is_production
+
+    @property
+    def bind_host(self) -> str:
+        """127.0.0.1 in development; 0.0.0.0 in production and on Fly (seed 001)."""
+        if self.host:
+            return self.host
+        return "0.0.0.0" if self.is_production else "127.0.0.1"  # noqa: S104
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (and `.env`) once. Overrides are for tests and the CLI's flags.
+
+    Invalid values raise `ConfigError` naming each variable; the values themselves are never
+    echoed, since they may be secrets.
+    """
+    from authkeep.errors import ConfigError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_env_name(error['loc'])}: {error['msg']}" for error in exc.errors())
+        raise ConfigError(f"Invalid configuration: {problems}.") from None
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    name = str(loc[0]) if loc else "?"
+    field = Settings.model_fields.get(name)
+    alias = field.validation_alias if field else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"AUTHKEEP_{name.upper()}"
+
+
+def resolve_role(settings: Settings) -> Role:
+    """Which node this is (SPEC §2, seed 004 corrected).
+
+    An explicit `AUTHKEEP_ROLE` wins. On Fly (`FLY_MACHINE_ID` set) a mounted data dir means login
+    and none means edge. Off Fly the node is standalone.
+    """
+    if settings.role is not None:
+        return settings.role
+    if settings.fly_machine_id is not None:
+        return Role.LOGIN if settings.data_dir.is_dir() else Role.EDGE
+    return Role.STANDALONE
