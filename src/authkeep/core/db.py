@@ -32,6 +32,14 @@ from authkeep.errors import DatabaseUnavailable
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 # SQLSTATE classes that mean "the database is not there for us right now".
 _OUTAGE_SQLSTATE_CLASSES = ("08", "53", "57", "58")
+# SQLite reports unavailability only in its messages (all are OperationalError, as is bad SQL).
+_SQLITE_OUTAGE_MESSAGES = (
+    "database is locked",
+    "disk i/o error",
+    "database or disk is full",
+    "unable to open database",
+    "readonly database",
+)
 # Execution option: run this connection's transaction as a plain (deferred) read on SQLite.
 SQLITE_READ_ONLY = "authkeep_sqlite_read_only"
 
@@ -113,8 +121,8 @@ def is_database_outage(exc: BaseException) -> bool:
         sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         if isinstance(sqlstate, str):
             return sqlstate.startswith(_OUTAGE_SQLSTATE_CLASSES) or sqlstate == "57014"
-        # SQLite: "database is locked", "disk I/O error", "database or disk is full".
-        return type(exc).__name__ in {"OperationalError", "InterfaceError"}
+        message = str(exc.orig).lower()
+        return any(marker in message for marker in _SQLITE_OUTAGE_MESSAGES)
     return False
 
 

@@ -57,7 +57,9 @@ def normalise(raw: str, source: str, *, connect_timeout: int) -> URL:
     """Parse a DSN, pick the async driver, add `connect_timeout` when absent, keep the rest."""
     try:
         url = make_url(raw.strip())
-    except ArgumentError:
+    except (ArgumentError, ValueError, TypeError):
+        # ValueError: e.g. an unencoded "@" in the password makes the port unparsable; its
+        # message quotes the URL, so it is never passed on.
         raise ConfigError(
             f"{source} is not a database URL. Expected postgresql://user:password@host:5432/db "
             "(URL-encode @ / % : in the password) or sqlite:///path/to/file.db."
@@ -92,6 +94,8 @@ def rewrite_for_local_proxy(url: URL, proxy: str) -> URL:
 def split_host_port(value: str) -> tuple[str, int]:
     """`localhost:5432` or `[::1]:5432` → (host, port). Port defaults to 5432."""
     value = value.strip()
+    if value.count(":") > 1 and not value.startswith("["):
+        return value, 5432  # a bare IPv6 address
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
         port_text = rest.lstrip(":")
@@ -105,6 +109,8 @@ def split_host_port(value: str) -> tuple[str, int]:
         port = int(port_text) if port_text else 5432
     except ValueError:
         raise ConfigError("AUTHKEEP_DB_LOCAL_PROXY has a port that is not a number.") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError("AUTHKEEP_DB_LOCAL_PROXY has a port outside 1-65535.")
     return host, port
 
 
@@ -149,7 +155,8 @@ def candidates(settings: Settings) -> list[Candidate]:
         if settings.db_rewrite_internal and not settings.on_fly and is_fly_private_host(url.host):
             url = rewrite_for_local_proxy(url, settings.db_local_proxy)
             rewritten = True
-        key = url.render_as_string(hide_password=False)
+        # The default port made explicit, so "host" and "host:5432" count as the same database.
+        key = url.set(port=url.port or 5432).render_as_string(hide_password=False)
         if key in seen:
             continue
         seen.add(key)

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from authkeep.config import LogFormat, Settings
 
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\x1b]")
+# C0 and C1 controls (incl. ESC and CSI) and the Unicode line/paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def redact(text: str) -> str:

@@ -1,0 +1,188 @@
+"""Shared fixtures: both engines, a real PostgreSQL the suite controls, env isolation, and the
+suite-wide secret scan.
+
+PostgreSQL under test comes from AUTHKEEP_TEST_DATABASE_URL when set; otherwise the suite starts
+a throwaway server itself (`tests/support/pgcluster.py`). Tests that must stop the server or
+fail a password always use a throwaway server of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from authkeep.config import Settings, load_settings
+from support.pgcluster import ThrowawayPostgres
+from support.secrets_scan import FIGURES, SCAN, ScanHandler
+
+# A password with every character that breaks naive DSN handling (SPEC §4).
+PG_PASSWORD = SCAN.register("ak-Pg@ss/w%rd:9x!")
+ENV_PREFIXES = ("AUTHKEEP_", "DATABASE_URL", "AUTH_DATABASE_URI", "FLY_", "TRUSTED_ORIGINS")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logging.getLogger().addHandler(ScanHandler(SCAN))
+    logging.getLogger().setLevel(logging.DEBUG)
+    for noisy in ("httpcore", "asyncio", "hpack", "aiosqlite"):
+        logging.getLogger(noisy).setLevel(logging.INFO)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for figure in FIGURES:
+        terminalreporter.write_line(f"figure: {figure}")
+    hits = SCAN.hits()
+    terminalreporter.write_line(
+        f"secret scan: {len(SCAN.texts)} log records and outputs scanned for "
+        f"{len(SCAN.secrets)} secrets: {len(hits)} hits"
+    )
+    for where, secret in hits[:20]:
+        terminalreporter.write_line(f"  secret found in {where}: {secret[:3]}…")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if SCAN.hits() and exitstatus == 0:
+        session.exitstatus = 1
+
+
+POSTGRES_FIXTURES = {"postgres_url", "postgres_admin_url", "pg_cluster"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that touches PostgreSQL, so `-m postgres` runs the PostgreSQL half."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        engine = callspec.params.get("database_url") if callspec else None
+        if engine == "postgresql" or (engine is None and names & POSTGRES_FIXTURES):
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Each test starts with no authkeep/database variables and its own working directory."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThrowawayPostgres]:
+    """A throwaway PostgreSQL with scram passwords that this suite owns."""
+    server = ThrowawayPostgres(tmp_path_factory.mktemp("pg"), password=PG_PASSWORD)
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(request: pytest.FixtureRequest) -> str:
+    """A URL with rights to create databases on the PostgreSQL under test."""
+    given = os.environ.get("AUTHKEEP_TEST_DATABASE_URL", "").strip()
+    if given:
+        return given
+    cluster: ThrowawayPostgres = request.getfixturevalue("pg_cluster")
+    return cluster.admin_url
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def create_database(admin_url: str) -> str:
+    name = f"ak_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(with_database(admin_url, "postgres"))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(admin_url, name)
+
+
+async def drop_database(admin_url: str, url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    conn = await asyncpg.connect(with_database(admin_url, "postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def postgres_url(postgres_admin_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database on the PostgreSQL under test, dropped afterwards."""
+    url = await create_database(postgres_admin_url)
+    yield url
+    await drop_database(postgres_admin_url, url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'authkeep-test.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on each engine in turn."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Settings for a test, built from keyword overrides (env names not needed)."""
+
+    def build(**overrides: object) -> Settings:
+        overrides.setdefault("data_dir", tmp_path / "data")
+        overrides.setdefault("db_probe_timeout", 2.0)
+        return load_settings(**overrides)
+
+    return build
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def blackhole_port() -> Iterator[int]:
+    """A loopback port that accepts TCP connections and never says a word."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_forever() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_forever, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
