@@ -8,6 +8,7 @@ fail a password always use a throwaway server of their own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -18,9 +19,13 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 import pytest
+from fastapi import FastAPI
 
+from authkeep.app import create_app
 from authkeep.config import Settings, load_settings
+from support.apps import PostgresTemplates, SqliteTemplates
 from support.pgcluster import ThrowawayPostgres
 from support.secrets_scan import FIGURES, SCAN, ScanHandler
 
@@ -53,7 +58,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
 
 
-POSTGRES_FIXTURES = {"postgres_url", "postgres_admin_url", "pg_cluster"}
+POSTGRES_FIXTURES = {"postgres_url", "postgres_admin_url", "pg_cluster", "postgres_templates"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -61,7 +66,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         callspec = getattr(item, "callspec", None)
-        engine = callspec.params.get("database_url") if callspec else None
+        params = callspec.params if callspec else {}
+        engine = params.get("database_url") or params.get("migrated_url")
         if engine == "postgresql" or (engine is None and names & POSTGRES_FIXTURES):
             item.add_marker(pytest.mark.postgres)
 
@@ -138,6 +144,46 @@ def database_url(request: pytest.FixtureRequest) -> str:
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     url: str = request.getfixturevalue(fixture)
     return url
+
+
+@pytest.fixture(scope="session")
+def postgres_templates(postgres_admin_url: str) -> Iterator[PostgresTemplates]:
+    templates = PostgresTemplates(postgres_admin_url)
+    yield templates
+    asyncio.run(templates.close())
+
+
+@pytest.fixture(scope="session")
+def sqlite_templates(tmp_path_factory: pytest.TempPathFactory) -> SqliteTemplates:
+    return SqliteTemplates(tmp_path_factory.mktemp("sqlite-templates"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def migrated_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A fresh database at migration head, on each engine in turn."""
+    if request.param == "sqlite":
+        yield await request.getfixturevalue("sqlite_templates").fresh()
+        return
+    templates: PostgresTemplates = request.getfixturevalue("postgres_templates")
+    url = await templates.fresh()
+    yield url
+    await templates.drop(url)
+
+
+@pytest.fixture
+async def app(migrated_url: str, make_settings) -> AsyncIterator[FastAPI]:
+    """The whole app, started, on a fresh migrated database of each engine."""
+    application = create_app(make_settings(database_url=migrated_url))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for `app`, talking ASGI in process (client IP 127.0.0.1)."""
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
 
 
 @pytest.fixture

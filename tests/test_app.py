@@ -11,7 +11,6 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from authkeep.app import create_app
-from authkeep.config import Settings
 from authkeep.core.deps import DB
 from authkeep.errors import ConfigError
 
@@ -39,27 +38,11 @@ def _error_routes() -> APIRouter:
 
 
 @pytest.fixture
-async def app(database_url: str, make_settings) -> AsyncIterator[FastAPI]:
-    settings: Settings = make_settings(database_url=database_url)
-    if not database_url.startswith("sqlite"):
-        from authkeep.core import migrate
-        from authkeep.core.db import Database
-        from authkeep.core.dsn import candidates
-
-        admin = Database.open(candidates(settings)[0], settings)
-        await migrate.upgrade(admin.engine)
-        await admin.dispose()
-    application = create_app(settings)
+async def app(migrated_url: str, make_settings) -> AsyncIterator[FastAPI]:
+    application = create_app(make_settings(database_url=migrated_url))
     application.include_router(_error_routes())
     async with application.router.lifespan_context(application):
         yield application
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-        yield c
 
 
 @pytest.mark.parametrize("path", ["/health", "/api/health"])

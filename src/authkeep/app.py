@@ -5,6 +5,7 @@ database chosen by the bootstrap and closes it on shutdown. Nothing is created a
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,8 +15,11 @@ from authkeep import __version__
 from authkeep.config import Role, Settings, load_settings, resolve_role
 from authkeep.core import health, migrate
 from authkeep.core.bootstrap import select_database
+from authkeep.core.clientip import parse_networks
 from authkeep.core.db import Database
+from authkeep.core.request_context import RequestIdMiddleware
 from authkeep.core.secrets import ensure_secrets
+from authkeep.core.security import PasswordHashing
 from authkeep.errors import ConfigError, install_error_handlers
 
 logger = logging.getLogger("authkeep")
@@ -88,11 +92,18 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
             yield
         finally:
             await app.state.database.dispose()
+            app.state.passwords.close()
 
     app = FastAPI(title="authkeep", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.role = role
+    app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
+    app.state.passwords = PasswordHashing(
+        workers=settings.hash_concurrency or os.cpu_count() or 2,
+        queue_limit=settings.hash_queue_limit,
+    )
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
 
     app.include_router(health.router)
     # The same checks under /api, so a proxy that forwards only /api/* reaches them (seed 002).

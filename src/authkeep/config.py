@@ -79,6 +79,34 @@ class Settings(BaseSettings):
     db_idle_in_transaction_timeout_ms: int = Field(default=60_000, ge=0)
     health_db_timeout: float = Field(default=2.0, gt=0, le=60)
 
+    # Identity (issue "Identity"; RELIABILITY A-F).
+    password_min_length: int = Field(default=15, ge=8, le=64)
+    password_min_length_with_mfa: int = Field(default=8, ge=8, le=64)
+    password_max_length: int = Field(default=256, ge=64, le=4096)
+    hash_concurrency: int | None = Field(default=None, ge=1, le=64)
+    hash_queue_limit: int = Field(default=64, ge=1, le=10_000)
+    session_idle_minutes: int = Field(default=30, ge=1)
+    session_absolute_hours: int = Field(default=12, ge=1)
+    session_renew_seconds: int = Field(default=60, ge=1)
+    session_fresh_minutes: int = Field(default=10, ge=1)
+    max_sessions_per_user: int = Field(default=20, ge=1)
+    login_max_failures: int = Field(default=100, ge=1, le=100)
+    login_ip_failures_per_minute: int = Field(default=20, ge=1)
+    require_verified_email: bool = False
+    email_token_minutes: int = Field(default=60, ge=1, le=1440)
+    reset_token_minutes: int = Field(default=30, ge=1, le=1440)
+    setup_link_minutes: int = Field(default=60, ge=1, le=1440)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Signing keys and operations (issue "Operations").
+    jwt_key: SecretStr | None = None
+    jwt_next_key: SecretStr | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str = "authkeep"
+    db_app_role: str = "authkeep_app"
+    backup_dir: Path | None = None
+    backup_keep: int = Field(default=7, ge=1, le=1000)
+
     trusted_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=AliasChoices("TRUSTED_ORIGINS")
     )
@@ -102,6 +130,8 @@ class Settings(BaseSettings):
         "database_url_remote",
         "database_url_admin",
         "secret_key",
+        "jwt_key",
+        "jwt_next_key",
         "redis_url",
         "smtp_password",
         "fly_app_name",
@@ -119,7 +149,7 @@ class Settings(BaseSettings):
             return None
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("trusted_origins", mode="before")
+    @field_validator("trusted_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):

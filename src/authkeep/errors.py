@@ -78,6 +78,45 @@ class ValidationFailed(AuthkeepError):
     detail = "The request is not valid."
 
 
+class Unauthorized(AuthkeepError):
+    code = "unauthorized"
+    status_code = 401
+    detail = "Sign in first: no valid session or credentials were sent."
+
+
+class Forbidden(AuthkeepError):
+    code = "forbidden"
+    status_code = 403
+    detail = "You are not allowed to do this."
+
+
+class CsrfRejected(AuthkeepError):
+    code = "csrf_rejected"
+    status_code = 403
+    detail = "Cross-site request refused: it did not come from this site or a trusted origin."
+
+
+class ReauthRequired(AuthkeepError):
+    code = "reauth_required"
+    status_code = 403
+    detail = "This action needs a recent sign-in. Sign in again, then retry."
+
+
+class Conflict(AuthkeepError):
+    code = "conflict"
+    status_code = 409
+    detail = "That conflicts with the current state."
+
+
+class RateLimited(AuthkeepError):
+    code = "rate_limited"
+    status_code = 429
+    detail = "Too many attempts. Wait before trying again."
+
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",

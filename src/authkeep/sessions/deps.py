@@ -1,0 +1,63 @@
+"""Who is calling: a route's signature says it (`principal: CurrentSession`, `admin: AdminSession`).
+
+The token comes from `Authorization: Bearer …` or the session cookie — never from a URL. Cookie
+requests that change state must pass the CSRF rule in `sessions.cookies`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from authkeep.core.deps import DB, AppSettings
+from authkeep.errors import CsrfRejected, Forbidden, ReauthRequired, Unauthorized
+from authkeep.sessions import service as sessions
+from authkeep.sessions.cookies import cross_site, read_cookie
+from authkeep.sessions.service import ActiveSession
+
+ADMIN_ROLE = "admin"
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+async def current_session(request: Request, db: DB, settings: AppSettings) -> ActiveSession:
+    token = bearer_token(request)
+    if token is None:
+        token = read_cookie(request)
+        if token is not None and cross_site(request, settings):
+            raise CsrfRejected()
+    if token is None:
+        raise Unauthorized()
+    active = await sessions.authenticate(db, token, settings)
+    if active is None:
+        raise Unauthorized("Your session has ended or is not valid. Sign in again.")
+    request.state.principal = active
+    return active
+
+
+CurrentSession = Annotated[ActiveSession, Depends(current_session)]
+
+
+async def fresh_session(principal: CurrentSession, settings: AppSettings) -> ActiveSession:
+    if not sessions.is_fresh(principal.session, settings):
+        raise ReauthRequired()
+    return principal
+
+
+FreshSession = Annotated[ActiveSession, Depends(fresh_session)]
+
+
+async def admin_session(principal: CurrentSession) -> ActiveSession:
+    if principal.user.role != ADMIN_ROLE:
+        raise Forbidden("Only admins may do this.")
+    return principal
+
+
+AdminSession = Annotated[ActiveSession, Depends(admin_session)]
