@@ -81,9 +81,11 @@ async def test_validation_errors_use_the_error_format(client: httpx.AsyncClient)
 async def test_unexpected_errors_are_500_without_a_trace(client: httpx.AsyncClient):
     response = await client.get("/test-errors/bug")
     assert response.status_code == 500
-    assert response.json() == {
+    body = response.json()
+    assert body == {
         "error": "internal_error",
         "detail": "Something went wrong on our side.",
+        "request_id": response.headers["X-Request-ID"],
     }
     assert "Traceback" not in response.text
     assert "must not leak" not in response.text

@@ -225,3 +225,11 @@ def test_every_invalid_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> Non
         load_settings()
     assert "AUTHKEEP_PORT" in caught.value.detail
     assert "AUTHKEEP_ENV" in caught.value.detail
+
+
+def test_invalid_trusted_proxy_and_log_level_are_config_errors(monkeypatch: pytest.MonkeyPatch):
+    with pytest.raises(ConfigError, match="AUTHKEEP_TRUSTED_PROXIES"):
+        settings_from(monkeypatch, AUTHKEEP_TRUSTED_PROXIES="10.0.0.0/8,not-an-ip")
+    monkeypatch.delenv("AUTHKEEP_TRUSTED_PROXIES")
+    with pytest.raises(ConfigError, match="AUTHKEEP_LOG_LEVEL"):
+        settings_from(monkeypatch, AUTHKEEP_LOG_LEVEL="LOUD")

@@ -27,9 +27,10 @@ logger = logging.getLogger("authkeep")
 
 def prepare(settings: Settings) -> Settings:
     """Settings ready to serve: secrets present (generated in standalone) and a servable role."""
-    settings = ensure_secrets(settings)
+    # The role first: on Fly it depends on whether the data dir exists, and generating
+    # secrets creates that directory.
     check_role(settings)
-    return settings
+    return ensure_secrets(settings)
 
 
 def check_role(settings: Settings) -> Role:

@@ -133,9 +133,13 @@ _HTTP_CODES = {
 }
 
 
-def error_response(error: AuthkeepError) -> JSONResponse:
+def error_response(error: AuthkeepError, request_id: str | None = None) -> JSONResponse:
+    """The standard body; server errors also carry the request id, to find their log line."""
+    body = {"error": error.code, "detail": error.detail}
+    if error.status_code >= 500 and request_id:
+        body["request_id"] = request_id
     return JSONResponse(
-        {"error": error.code, "detail": error.detail},
+        body,
         status_code=error.status_code,
         headers={"Cache-Control": "no-store", **error.headers},
     )
@@ -170,16 +174,18 @@ def _describe_validation(errors: Any) -> str:
 async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     """The one error handler: every error leaves as `{"error": code, "detail": text}`."""
     error = to_authkeep_error(exc)
+    request_id = getattr(request.state, "request_id", None)
     if error.status_code >= 500:
         # Log the class only: driver messages can quote SQL and parameters.
         logger.error(
-            "request failed: %s %s -> %s (%s)",
+            "request failed: %s %s -> %s (%s) request_id=%s",
             request.method,
             request.url.path,
             error.code,
             type(exc).__name__,
+            request_id,
         )
-    return error_response(error)
+    return error_response(error, request_id)
 
 
 class CatchAllMiddleware:
@@ -214,7 +220,8 @@ class CatchAllMiddleware:
                 logger.error("request failed on %s: %s", scope.get("path"), error.code)
             if started:
                 raise
-            await error_response(error)(scope, receive, send)
+            request_id = scope.get("state", {}).get("request_id")
+            await error_response(error, request_id)(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -514,3 +514,13 @@ def test_any_encoded_password_survives_the_local_proxy_rewrite(password: str) ->
         "app",
     )
     assert rewritten.query["sslmode"] == "disable"
+
+
+def test_unencoded_at_in_password_is_refused_without_echoing_it() -> None:
+    """`p@ss` unencoded would make SQLAlchemy read host `ss`: refuse instead of guessing."""
+    with pytest.raises(ConfigError) as failure:
+        normalise(
+            "postgresql://app:p@ss/w%rd:1@db.example.com/app", "DATABASE_URL", connect_timeout=10
+        )
+    assert "URL-encoded" in failure.value.detail
+    assert "p@ss" not in failure.value.detail

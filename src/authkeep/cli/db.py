@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import typer
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError
 
 from authkeep.cli.output import JsonOption, Output, stdout
 from authkeep.config import Settings, load_settings
@@ -29,11 +30,26 @@ def run(out: Output, work: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(work())  # type: ignore[arg-type]
     except AuthkeepError as exc:
         out.fail_with(exc)
+    except DBAPIError as exc:
+        # Never print the driver's text: it quotes SQL. The SQLSTATE says enough to act on.
+        sqlstate = getattr(exc.orig, "sqlstate", None) or "unknown"
+        hint = (
+            " The role lacks privileges: run schema commands with DATABASE_URL_ADMIN, or "
+            "`authkeep db roles` to grant the app role."
+            if sqlstate == "42501"
+            else ""
+        )
+        out.fail(
+            f"The database refused the operation (SQLSTATE {sqlstate}).{hint}",
+            code="database_error",
+        )
 
 
 async def _with_admin_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
     selection = await select_admin_database(settings)
-    database = Database.open(selection.candidate, settings)
+    # Schema work may legitimately run longer than the app's statement timeout.
+    unlimited = settings.model_copy(update={"db_statement_timeout_ms": 0})
+    database = Database.open(selection.candidate, unlimited)
     try:
         return await work(database)
     finally:
@@ -107,6 +123,14 @@ def status(json_output: JsonOption = False) -> None:
     )
     if not state.at_head:
         raise typer.Exit(1)
+
+
+def _status_line(state: migrations.SchemaState) -> str:
+    if state.at_head:
+        return "[green]at head[/]"
+    if not state.known:
+        return "[red]unknown revision: migrated by a newer authkeep; deploy that release[/]"
+    return "[yellow]behind: run `authkeep db migrate`[/]"
 
 
 @app.command("check")

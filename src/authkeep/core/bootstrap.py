@@ -243,7 +243,7 @@ async def select_database(settings: Settings) -> Selection:
 
 
 def _log_selected(candidate: Candidate) -> None:
-    note = ", .internal host rewritten to the local proxy" if candidate.rewritten else ""
+    note = ", Fly private host rewritten to the local proxy" if candidate.rewritten else ""
     logger.info("Database DSN selected: %s (%s%s)", candidate.display, candidate.source, note)
 
 

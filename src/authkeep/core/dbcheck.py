@@ -57,15 +57,14 @@ def explain_precedence(settings: Settings) -> str:
     primary = primary_source(settings)
     chain = "DATABASE_URL_INTERNAL → DATABASE_URL_LOCAL → primary → DATABASE_URL_REMOTE"
     if primary is None:
-        return (
-            "No AUTH_DATABASE_URI or DATABASE_URL is set"
-            + (
-                "; production refuses to start without one."
-                if settings.is_production
-                else "; development uses the SQLite file in the data dir."
-            )
-            + f" Chain: {chain}."
+        if candidates(settings):
+            return f"No AUTH_DATABASE_URI or DATABASE_URL; the chain's other variables: {chain}."
+        refusal = (
+            "; production refuses to start without one."
+            if settings.is_production
+            else "; development uses the SQLite file in the data dir."
         )
+        return f"No database variable is set{refusal} Chain: {chain}."
     why = (
         "AUTH_DATABASE_URI is set, so it is the primary and DATABASE_URL is ignored"
         if primary[0] == "AUTH_DATABASE_URI" and settings.database_url is not None

@@ -55,6 +55,11 @@ def is_sqlite(url: URL) -> bool:
 
 def normalise(raw: str, source: str, *, connect_timeout: int) -> URL:
     """Parse a DSN, pick the async driver, add `connect_timeout` when absent, keep the rest."""
+    if raw.partition("://")[2].count("@") > 1:
+        raise ConfigError(
+            f"{source} has more than one '@': a password containing @ / % : ? # must be "
+            "URL-encoded (e.g. an @ becomes %40)."
+        )
     try:
         url = make_url(raw.strip())
     except (ArgumentError, ValueError, TypeError):

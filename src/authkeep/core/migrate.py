@@ -102,8 +102,8 @@ async def upgrade(engine: AsyncEngine, target: str = "head") -> MigrationReport:
             await conn.run_sync(_run, "upgrade", target)
     except Exception as exc:
         raise MigrationFailed(
-            f"Migration to {target} failed ({type(exc).__name__}); nothing was applied "
-            "(PostgreSQL rolls back the whole upgrade). Run `authkeep db check` to diagnose."
+            f"Migration to {target} failed ({type(exc).__name__}). On PostgreSQL the whole "
+            "upgrade was rolled back. Run `authkeep db check` to diagnose."
         ) from exc
     async with engine.connect() as conn:
         missing = await conn.run_sync(_missing_tables)
