@@ -55,7 +55,11 @@ async def test_health_needs_nothing(client: httpx.AsyncClient, path: str):
 @pytest.mark.parametrize("path", ["/health/db", "/api/health/db"])
 async def test_health_db_runs_a_real_query(client: httpx.AsyncClient, path: str):
     response = await client.get(path)
-    assert response.json() == {"status": "ok", "database": "reachable"}
+    assert response.json() == {
+        "status": "ok",
+        "database": "reachable",
+        "last_verified_backup_age_seconds": None,
+    }
     assert response.headers["Cache-Control"] == "no-store"
 
 
