@@ -1,0 +1,1 @@
+"""Deploy files (`authkeep deploy init`) and post-deploy checks (`authkeep deploy check`)."""
