@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from identity_helpers import cheap_hashing, database, new_email, started_app
+from identity_helpers import cheap_hashing, database, new_email, new_user, started_app
 
 from authkeep.config import Settings
 from authkeep.users import service as users
@@ -85,3 +85,17 @@ def without_request_id(response: httpx.Response) -> tuple[int, bytes, list[tuple
     """Status, body and headers, minus the per-request id: what must not tell accounts apart."""
     headers = sorted((k, v) for k, v in response.headers.items() if k != "x-request-id")
     return response.status_code, response.content, headers
+
+
+VERIFY_SUBJECT = "Confirm your email address for authkeep"
+
+
+async def signed_up_user(client: httpx.AsyncClient, mailbox: Mailbox) -> tuple[str, str, str]:
+    """`new_user`, then take out the verification mail that sign-up sends (asserting it came),
+    so a test sees only the mails its own steps cause."""
+    email, password, token = await new_user(client)
+    [welcome] = mailbox.to(email)
+    assert welcome.message["Subject"] == VERIFY_SUBJECT
+    SCAN.register(welcome.token())
+    mailbox.messages.remove(welcome)
+    return email, password, token

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Request, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import Message
@@ -30,7 +30,7 @@ from authkeep.sessions import service as sessions
 from authkeep.sessions.cookies import clear_session_cookie, own_origin
 from authkeep.sessions.deps import CurrentSession, FreshSession
 from authkeep.sessions.service import ActiveSession
-from authkeep.users import account, signin
+from authkeep.users import account, email_flows, signin
 from authkeep.users.schemas import (
     AccountCreate,
     AccountDelete,
@@ -125,11 +125,21 @@ def ensure_same_site_login(request: Request, settings: Settings) -> None:
 
 @router.post("/sign-up", status_code=202, response_model=SignUpAccepted)
 async def create_account(
-    body: AccountCreate, request: Request, database: AppDatabase, settings: AppSettings
+    body: AccountCreate,
+    request: Request,
+    background: BackgroundTasks,
+    database: AppDatabase,
+    settings: AppSettings,
 ) -> SignUpAccepted:
-    """Create an account. The answer is the same whether or not the email was registered."""
+    """Create an account and email a verification link. The answer is the same whether or not
+    the email was registered."""
     ensure_same_site_login(request, settings)
+    available = email_flows.mailer(request).available
+    base_url = email_flows.link_base(request, settings) if available else None
     await signin.sign_up(database, request, settings, body.email, body.password, body.name)
+    await email_flows.queue_sign_up_verification(
+        database, request, background, settings, body.email, base_url
+    )
     return SignUpAccepted()
 
 
