@@ -26,9 +26,14 @@ from authkeep.core.security import ARGON2_MEMORY_KIB, ARGON2_PARALLELISM, ARGON2
 
 def raw_argon2_verifies_per_second(seconds: float) -> float:
     """Verifications/s with one thread per core, the same pool shape the server uses."""
-    hasher = PasswordHasher(time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB,
-                            parallelism=ARGON2_PARALLELISM, hash_len=32, salt_len=16,
-                            type=Type.ID)
+    hasher = PasswordHasher(
+        time_cost=ARGON2_TIME_COST,
+        memory_cost=ARGON2_MEMORY_KIB,
+        parallelism=ARGON2_PARALLELISM,
+        hash_len=32,
+        salt_len=16,
+        type=Type.ID,
+    )
     password = secrets.token_urlsafe(16)
     stored = hasher.hash(password)
     workers = os.cpu_count() or 2
@@ -51,11 +56,11 @@ async def measure(url: str, seconds: float, concurrency: int) -> None:
     email = f"bench-{secrets.token_hex(4)}@example.com"
     password = secrets.token_urlsafe(24)
     async with httpx.AsyncClient(base_url=url) as client:
-        signed_up = await client.post("/api/auth/sign-up", json={"email": email,
-                                                                 "password": password})
+        signed_up = await client.post(
+            "/api/auth/sign-up", json={"email": email, "password": password}
+        )
         assert signed_up.status_code == 202, signed_up.text
-        first = await client.post("/api/auth/sign-in", json={"email": email,
-                                                             "password": password})
+        first = await client.post("/api/auth/sign-in", json={"email": email, "password": password})
         assert first.status_code == 200, first.text
         token = first.json()["token"]
 
@@ -73,8 +78,10 @@ async def measure(url: str, seconds: float, concurrency: int) -> None:
     sessions = await load(session, base_url=url, concurrency=concurrency, seconds=seconds)
     raw = raw_argon2_verifies_per_second(seconds)
 
-    print(f"raw argon2id verify (m={ARGON2_MEMORY_KIB} KiB, t={ARGON2_TIME_COST}, "
-          f"p={ARGON2_PARALLELISM}, {os.cpu_count()} threads): {raw:9.1f} /s")
+    print(
+        f"raw argon2id verify (m={ARGON2_MEMORY_KIB} KiB, t={ARGON2_TIME_COST}, "
+        f"p={ARGON2_PARALLELISM}, {os.cpu_count()} threads): {raw:9.1f} /s"
+    )
     print(signins.line("POST /api/auth/sign-in"))
     print(health.line("GET /health (hello world)"))
     print(sessions.line("GET /api/auth/session"))

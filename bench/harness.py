@@ -43,8 +43,10 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
     def line(self, name: str) -> str:
-        return (f"{name:<28} {self.rps:9.1f} req/s   p50 {self.p50:7.2f} ms   "
-                f"p99 {self.p99:7.2f} ms   errors {self.errors}")
+        return (
+            f"{name:<28} {self.rps:9.1f} req/s   p50 {self.p50:7.2f} ms   "
+            f"p99 {self.p99:7.2f} ms   errors {self.errors}"
+        )
 
 
 def free_port() -> int:
@@ -64,7 +66,10 @@ def running_server(env: dict[str, str] | None = None) -> Iterator[str]:
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "authkeep", "serve", "--port", str(port)],
-                cwd=workdir, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=workdir,
+                env=full_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -90,7 +95,11 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 async def load(
     request: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]],
-    *, base_url: str, concurrency: int, seconds: float, expect: int = 200,
+    *,
+    base_url: str,
+    concurrency: int,
+    seconds: float,
+    expect: int = 200,
 ) -> LoadResult:
     """Run `request` from `concurrency` workers for `seconds`; count and time every call."""
     latencies: list[float] = []

@@ -17,10 +17,17 @@ from authkeep.core import health, migrate
 from authkeep.core.bootstrap import select_database
 from authkeep.core.clientip import parse_networks
 from authkeep.core.db import Database
+from authkeep.core.mailer import mailer_for
 from authkeep.core.request_context import RequestIdMiddleware
 from authkeep.core.secrets import ensure_secrets
 from authkeep.core.security import PasswordHashing
+from authkeep.deploy import routes as deploy_routes
 from authkeep.errors import ConfigError, install_error_handlers
+from authkeep.mfa import routes as mfa_routes
+from authkeep.tokens import routes as token_routes
+from authkeep.users import admin_routes as admin_api
+from authkeep.users import email_routes
+from authkeep.users import routes as users_routes
 
 logger = logging.getLogger("authkeep")
 
@@ -65,6 +72,10 @@ async def open_database(settings: Settings) -> Database:
                 logger.info("SQLite schema migrated %s -> %s", report.before, report.after)
         else:
             await migrate.require_head(database.engine)
+            # Production refuses a superuser or table owner; development warns (CHK-OP-01).
+            from authkeep.ops.roles import enforce_runtime_role
+
+            await enforce_runtime_role(database.engine, production=settings.is_production)
     except BaseException:
         await database.dispose()
         raise
@@ -83,6 +94,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.database = database or await open_database(settings)
+        await admin_api.announce_setup_link(app)  # standalone development only (users.setup_link)
         logger.info(
             "authkeep %s ready (%s, %s)",
             __version__,
@@ -99,6 +111,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.role = role
     app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
+    app.state.mailer = mailer_for(settings)
     app.state.passwords = PasswordHashing(
         workers=settings.hash_concurrency or os.cpu_count() or 2,
         queue_limit=settings.hash_queue_limit,
@@ -109,6 +122,12 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     app.include_router(health.router)
     # The same checks under /api, so a proxy that forwards only /api/* reaches them (seed 002).
     app.include_router(health.router, prefix="/api", include_in_schema=False)
+    app.include_router(deploy_routes.router)
+    app.include_router(users_routes.router)
+    app.include_router(mfa_routes.router)
+    app.include_router(email_routes.router)
+    token_routes.install(app, settings)
+    admin_api.install(app, settings)
     return app
 
 

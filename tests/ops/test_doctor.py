@@ -9,11 +9,11 @@ import asyncio
 import json
 from pathlib import Path
 
-from support.apps import migrate_url
-from support.secrets_scan import SCAN
 from typer.testing import CliRunner, Result
 
 from authkeep.cli import app
+from support.apps import migrate_url
+from support.secrets_scan import SCAN
 
 runner = CliRunner()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from authkeep import __version__
-from authkeep.cli import config, db, serve
+from authkeep.cli import config, db, deploy, doctor, keygen, serve
 
 app = typer.Typer(
     name="authkeep",
@@ -18,6 +18,12 @@ app.command("serve")(serve.serve)
 app.add_typer(db.app, name="db")
 app.add_typer(config.app, name="config")
 app.command("init-auth-db")(db.init_auth_db)
+app.command("keygen")(keygen.keygen)
+app.add_typer(deploy.app, name="deploy")
+app.command("doctor")(doctor.doctor)
+from authkeep.cli import users  # noqa: E402
+
+app.add_typer(users.app, name="users")
 
 
 @app.command("version")

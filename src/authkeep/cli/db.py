@@ -69,7 +69,12 @@ def migrate(json_output: JsonOption = False) -> None:
     setup_logging(settings)
 
     async def work(database: Database) -> migrations.MigrationReport:
-        return await migrations.upgrade(database.engine)
+        report = await migrations.upgrade(database.engine)
+        # Tables a migration created become reachable by the app role (no-op without one).
+        from authkeep.ops.roles import apply_grants
+
+        await apply_grants(database.engine, settings.db_app_role)
+        return report
 
     report = run(out, lambda: _with_admin_database(settings, work))
     data = {
@@ -188,3 +193,17 @@ def load_settings_or_fail(out: Output) -> Settings:
         return load_settings()
     except AuthkeepError as exc:
         out.fail_with(exc)
+
+
+# Backups, restore and copy live in their own module (issue "Operations").
+from authkeep.cli import db_backup  # noqa: E402
+
+app.command("backup")(db_backup.backup)
+app.command("restore")(db_backup.restore)
+app.command("copy")(db_backup.copy)
+
+# The app role and the guarded truncate (issue "Operations").
+from authkeep.cli import db_roles  # noqa: E402
+
+app.command("roles")(db_roles.roles)
+app.command("truncate")(db_roles.truncate)
