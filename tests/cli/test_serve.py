@@ -87,3 +87,16 @@ def test_production_binds_all_interfaces(tmp_path: Path, sqlite_url: str):
     with ServerProcess(tmp_path, env) as server:
         assert httpx.get(f"{server.url}/health").status_code == 200
     assert f"Uvicorn running on http://0.0.0.0:{server.port}" in server.output()
+
+
+def test_multi_worker_start_reports_configuration_errors_once_and_exits(tmp_path: Path):
+    """The parent builds the app before starting workers, so a bad setting ends the start
+    with one clean error instead of workers crashing and restarting."""
+    env = {"AUTHKEEP_JWT_KEY": "not-a-pem-key"}
+    server = ServerProcess(tmp_path, env, "--workers", "2").start(wait=False)
+    assert server.process is not None
+    assert server.process.wait(30) == 1
+    output = server.output()
+    assert "config_error" in output
+    assert "AUTHKEEP_JWT_KEY" in output
+    assert "Traceback" not in output

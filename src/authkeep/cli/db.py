@@ -31,18 +31,7 @@ def run(out: Output, work: Callable[[], Awaitable[T]]) -> T:
     except AuthkeepError as exc:
         out.fail_with(exc)
     except DBAPIError as exc:
-        # Never print the driver's text: it quotes SQL. The SQLSTATE says enough to act on.
-        sqlstate = getattr(exc.orig, "sqlstate", None) or "unknown"
-        hint = (
-            " The role lacks privileges: run schema commands with DATABASE_URL_ADMIN, or "
-            "`authkeep db roles` to grant the app role."
-            if sqlstate == "42501"
-            else ""
-        )
-        out.fail(
-            f"The database refused the operation (SQLSTATE {sqlstate}).{hint}",
-            code="database_error",
-        )
+        out.fail_database(exc)
 
 
 async def _with_admin_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:

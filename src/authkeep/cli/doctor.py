@@ -21,8 +21,8 @@ _STYLE = {
 
 def doctor(json_output: JsonOption = False) -> None:
     """Check this deployment against the production checklist: secrets set, strict bootstrap,
-    app role not superuser/owner, database not public, TLS where expected, trusted proxies not
-    `*`, backups recent and verified. Exit 1 when any item fails.
+    app role not superuser/owner, database not public, TLS where expected, no trusted-proxy
+    range covering every address, backups recent and verified. Exit 1 when any item fails.
 
     Example: `AUTHKEEP_ENV=production authkeep doctor --json`
     """

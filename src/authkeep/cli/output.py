@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from sqlalchemy.exc import DBAPIError
 
 from authkeep.errors import AuthkeepError
 
@@ -60,3 +61,17 @@ class Output:
 
     def fail_with(self, error: AuthkeepError, *, exit_code: int = EXIT_FAILED) -> NoReturn:
         self.fail(error.detail, code=error.code, exit_code=exit_code)
+
+    def fail_database(self, exc: DBAPIError) -> NoReturn:
+        """A database refusal, by SQLSTATE only: the driver's own text can quote SQL."""
+        sqlstate = getattr(exc.orig, "sqlstate", None) or "unknown"
+        hint = (
+            " The role lacks privileges: run schema commands with DATABASE_URL_ADMIN, or "
+            "`authkeep db roles` to grant the app role."
+            if sqlstate == "42501"
+            else ""
+        )
+        self.fail(
+            f"The database refused the operation (SQLSTATE {sqlstate}).{hint}",
+            code="database_error",
+        )

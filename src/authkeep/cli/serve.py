@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 import uvicorn
+from sqlalchemy.exc import DBAPIError
 
 from authkeep.cli.output import Output, stderr
 from authkeep.config import Settings, load_settings
@@ -25,7 +26,9 @@ def serve(
         ),
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port (default AUTHKEEP_PORT or 8080).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default 1).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default AUTHKEEP_WORKERS or 1).")
+    ] = None,
 ) -> None:
     """Serve authkeep. Stops gracefully on SIGTERM/SIGINT: in-flight requests finish first.
 
@@ -47,6 +50,8 @@ def serve(
             _serve_many(settings)
     except AuthkeepError as exc:
         out.fail_with(exc)
+    except DBAPIError as exc:
+        out.fail_database(exc)
 
 
 def _uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -83,12 +88,17 @@ async def _serve_one(settings: Settings) -> None:
 
 
 def _serve_many(settings: Settings) -> None:
-    from authkeep.app import open_database, prepare
+    from authkeep.app import create_app, open_database, prepare
 
     async def preflight() -> None:
         # Fail fast in the parent with a clean message; each worker repeats the bootstrap.
-        database = await open_database(prepare(settings))
-        await database.dispose()
+        # Building the app once surfaces its own configuration errors (signing keys, mailer).
+        ready = prepare(settings)
+        database = await open_database(ready)
+        try:
+            create_app(ready, database).state.passwords.close()
+        finally:
+            await database.dispose()
 
     asyncio.run(preflight())
     _announce(settings)

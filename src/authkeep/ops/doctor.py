@@ -232,8 +232,14 @@ async def check_database_items(settings: Settings, report: Report) -> None:
         role = await check_runtime_role(database.engine)
     finally:
         await database.dispose()
-    if role.is_superuser or role.owns_tables:
-        what = "a superuser" if role.is_superuser else "the owner of the tables"
+    if role.is_superuser or role.owns_tables or role.can_create_in_schema:
+        what = (
+            "a superuser"
+            if role.is_superuser
+            else "the owner of the tables"
+            if role.owns_tables
+            else "a role that can create tables"
+        )
         report.add(
             "app database role",
             _severity(settings),
@@ -242,7 +248,9 @@ async def check_database_items(settings: Settings, report: Report) -> None:
             "at the limited app role.",
         )
     else:
-        report.add("app database role", Status.PASS, "limited role: not superuser, not owner")
+        report.add(
+            "app database role", Status.PASS, "limited role: not superuser, not owner, no CREATE"
+        )
 
 
 def check_backups(settings: Settings, report: Report) -> None:
