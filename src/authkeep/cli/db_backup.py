@@ -7,24 +7,21 @@ difference), 2 refused (no `--yes`, a schema head that does not match, a file in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError
 
-from authkeep.cli.output import EXIT_USAGE, JsonOption, Output, stderr, stdout
+from authkeep.cli.output import (
+    EXIT_USAGE,
+    JsonOption,
+    Output,
+    progress_bar,
+    stdout,
+)
 from authkeep.config import Settings, load_settings
 from authkeep.core.logs import setup_logging
 from authkeep.errors import AuthkeepError
@@ -32,7 +29,6 @@ from authkeep.ops import backups
 from authkeep.ops import restore as restores
 from authkeep.ops.copy import CopyReport, copy_database
 from authkeep.ops.restore import RestoreRefused, VerifyReport
-from authkeep.ops.snapshot import Progress as ProgressCallback
 
 T = TypeVar("T")
 
@@ -72,28 +68,6 @@ def _run(out: Output, work: Callable[[], Awaitable[T]]) -> T:
             f"The database refused the operation ({type(exc.orig).__name__}): {first_line}",
             code="database_error",
         )
-
-
-@contextmanager
-def _progress(out: Output) -> Iterator[ProgressCallback]:
-    """A Rich progress bar on stderr (hidden with --json) fed by the library's callback."""
-    bar = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=stderr,
-        transient=True,
-        disable=out.json,
-    )
-    task = bar.add_task("starting", total=None)
-
-    def update(description: str, done: int, total: int | None) -> None:
-        bar.update(task, description=description, completed=done, total=total)
-
-    with bar:
-        yield update
 
 
 def _verify_lines(report: VerifyReport) -> str:
@@ -141,7 +115,7 @@ def backup(
     """
     out = Output(json_output)
     settings = _settings(out)
-    with _progress(out) as progress:
+    with progress_bar(out) as progress:
         result = _run(
             out,
             lambda: backups.create_backup(
@@ -196,7 +170,7 @@ def restore(
     out = Output(json_output)
     settings = _settings(out)
     if drill:
-        with _progress(out) as progress:
+        with progress_bar(out) as progress:
             report = _run(
                 out, lambda: restores.drill(settings, file, pg_bin=pg_bin, progress=progress)
             )
@@ -210,7 +184,7 @@ def restore(
             exit_code=EXIT_USAGE,
             data={"would_replace": plan.candidate.display, "current_rows": plan.current_rows},
         )
-    with _progress(out) as progress:
+    with progress_bar(out) as progress:
         report = _run(
             out, lambda: restores.restore(settings, plan, pg_bin=pg_bin, progress=progress)
         )
@@ -259,7 +233,7 @@ def copy(
     """
     out = Output(json_output)
     settings = _settings(out)
-    with _progress(out) as progress:
+    with progress_bar(out) as progress:
         report = _run(
             out,
             lambda: copy_database(

@@ -10,18 +10,25 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, TypeVar
 
 import typer
 from rich import box
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError
 
-from authkeep.cli.output import EXIT_USAGE, JsonOption, Output, stderr, stdout
+from authkeep.cli.output import (
+    EXIT_USAGE,
+    JsonOption,
+    Output,
+    ProgressCallback,
+    progress_bar,
+    stderr,
+    stdout,
+)
 from authkeep.config import Settings, load_settings
 from authkeep.core.bootstrap import select_admin_database
 from authkeep.core.db import Database
@@ -33,7 +40,6 @@ from authkeep.ops import roles as ops_roles
 from authkeep.ops import truncate as ops_truncate
 
 T = TypeVar("T")
-ProgressCallback = Callable[[str, int, int | None], None]
 
 RoleOption = Annotated[
     str | None,
@@ -99,27 +105,6 @@ async def _admin_database(
         yield database, candidate
     finally:
         await database.dispose()
-
-
-@contextmanager
-def _progress(out: Output) -> Iterator[ProgressCallback]:
-    """A Rich progress bar on stderr, hidden with --json, fed by the library's callback."""
-    bar = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=stderr,
-        transient=True,
-        disable=out.json,
-    )
-    task = bar.add_task("connecting", total=None)
-
-    def update(description: str, done: int, total: int | None) -> None:
-        bar.update(task, description=escape(description), completed=done, total=total)
-
-    with bar:
-        yield update
 
 
 def _app_password(out: Output, *, confirm: bool) -> str:
@@ -218,7 +203,7 @@ def _verify(out: Output, settings: Settings, name: str, password: str) -> None:
         url = role_inputs.app_role_url(candidate.url, name, password)
         return await roles_verify.verify_app_role(url, progress)
 
-    with _progress(out) as progress:
+    with progress_bar(out) as progress:
         report = _run(out, lambda: work(progress))
     out.result(report.as_dict())
     if not out.json:
@@ -322,7 +307,7 @@ def truncate(
                 progress=progress,
             )
 
-    with _progress(out) as progress:
+    with progress_bar(out) as progress:
         report = _run(out, lambda: work(progress))
     if not execute and not dry_run:
         if not out.json:

@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from sqlalchemy.exc import DBAPIError
 
 from authkeep.errors import AuthkeepError
@@ -21,6 +32,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# What the library's long operations call as they go: (description, done, total or None).
+ProgressCallback = Callable[[str, int, int | None], None]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -75,3 +89,26 @@ class Output:
             f"The database refused the operation (SQLSTATE {sqlstate}).{hint}",
             code="database_error",
         )
+
+
+@contextmanager
+def progress_bar(out: Output) -> Iterator[ProgressCallback]:
+    """A Rich progress bar on stderr (hidden with --json), fed by a library's progress callback
+    `(description, done, total)`."""
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+        disable=out.json,
+    )
+    task = bar.add_task("starting", total=None)
+
+    def update(description: str, done: int, total: int | None) -> None:
+        bar.update(task, description=escape(description), completed=done, total=total)
+
+    with bar:
+        yield update
