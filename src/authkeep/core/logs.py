@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from authkeep.config import LogFormat, Settings
 
@@ -52,9 +53,22 @@ class SafeFormatter(logging.Formatter):
         return f"{timestamp} {record.levelname:<7} {record.name}: {message}"
 
 
+class CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time of each record, not the stream that was
+    current at setup: tools that swap stderr (test runners, embedding apps) keep working."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup_logging(settings: Settings) -> None:
     """Route authkeep's and uvicorn's loggers through one safe handler on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = CurrentStderrHandler()
     handler.setFormatter(SafeFormatter(settings.log_format))
     root = logging.getLogger()
     for existing in list(root.handlers):
