@@ -2,36 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import typer
 from rich.table import Table
-from sqlalchemy.exc import DBAPIError
 
-from authkeep.cli.output import JsonOption, Output, stdout
-from authkeep.config import Settings, load_settings
+from authkeep.cli.output import JsonOption, Output, load_settings_or_fail, run, stdout
+from authkeep.config import Settings
 from authkeep.core import migrate as migrations
 from authkeep.core.bootstrap import select_admin_database
 from authkeep.core.db import Database
 from authkeep.core.dbcheck import CheckReport, check_database
-from authkeep.core.logs import setup_logging
-from authkeep.errors import AuthkeepError
 
 app = typer.Typer(help="Check, migrate and inspect the database.", no_args_is_help=True)
 
 T = TypeVar("T")
-
-
-def run(out: Output, work: Callable[[], Awaitable[T]]) -> T:
-    """Run async library work; every authkeep error becomes a clean `fail()`."""
-    try:
-        return asyncio.run(work())  # type: ignore[arg-type]
-    except AuthkeepError as exc:
-        out.fail_with(exc)
-    except DBAPIError as exc:
-        out.fail_database(exc)
 
 
 async def _with_admin_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
@@ -55,7 +41,6 @@ def migrate(json_output: JsonOption = False) -> None:
     """
     out = Output(json_output)
     settings = load_settings_or_fail(out)
-    setup_logging(settings)
 
     async def work(database: Database) -> migrations.MigrationReport:
         report = await migrations.upgrade(database.engine)
@@ -102,7 +87,6 @@ def status(json_output: JsonOption = False) -> None:
     """
     out = Output(json_output)
     settings = load_settings_or_fail(out)
-    setup_logging(settings)
 
     async def work(database: Database) -> migrations.SchemaState:
         return await migrations.schema_state(database.engine)
@@ -137,7 +121,7 @@ def check(json_output: JsonOption = False) -> None:
     Example: `DATABASE_URL_INTERNAL=… DATABASE_URL=… authkeep db check --json`
     """
     out = Output(json_output)
-    settings = load_settings_or_fail(out)
+    settings = load_settings_or_fail(out, logs=False)
     report = run(out, lambda: check_database(settings))
     out.result(report.as_dict())
     if not json_output:
@@ -177,14 +161,6 @@ def _print_check(report: CheckReport) -> None:
     stdout.print("[green]database usable[/]" if report.ok else "[red]database not usable[/]")
 
 
-def load_settings_or_fail(out: Output) -> Settings:
-    try:
-        return load_settings()
-    except AuthkeepError as exc:
-        out.fail_with(exc)
-
-
-# Backups, restore and copy live in their own module (issue "Operations").
 from authkeep.cli import db_backup  # noqa: E402
 
 app.command("backup")(db_backup.backup)

@@ -6,25 +6,22 @@ difference), 2 refused (no `--yes`, a schema head that does not match, a file in
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 from rich.table import Table
-from sqlalchemy.exc import DBAPIError
 
 from authkeep.cli.output import (
     EXIT_USAGE,
     JsonOption,
     Output,
+    load_settings_or_fail,
     progress_bar,
+    run,
     stdout,
 )
-from authkeep.config import Settings, load_settings
-from authkeep.core.logs import setup_logging
-from authkeep.errors import AuthkeepError
 from authkeep.ops import backups
 from authkeep.ops import restore as restores
 from authkeep.ops.copy import CopyReport, copy_database
@@ -43,31 +40,9 @@ PgBinOption = Annotated[
 ]
 
 
-def _settings(out: Output) -> Settings:
-    try:
-        settings = load_settings()
-    except AuthkeepError as exc:
-        out.fail_with(exc)
-    setup_logging(settings)
-    return settings
-
-
 def _run(out: Output, work: Callable[[], Awaitable[T]]) -> T:
-    """Run the library call; refusals exit 2, every other authkeep error exits 1."""
-    try:
-        return asyncio.run(work())  # type: ignore[arg-type]
-    except RestoreRefused as exc:
-        out.fail_with(exc, exit_code=EXIT_USAGE)
-    except AuthkeepError as exc:
-        out.fail_with(exc)
-    except DBAPIError as exc:
-        # The server's own words (e.g. "permission denied to create database"); statements here
-        # carry no credentials, and the DSN is never part of a server message.
-        first_line = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
-        out.fail(
-            f"The database refused the operation ({type(exc.orig).__name__}): {first_line}",
-            code="database_error",
-        )
+    """`run`, with this group's refusals exiting 2."""
+    return run(out, work, refusals=(RestoreRefused,))
 
 
 def _verify_lines(report: VerifyReport) -> str:
@@ -114,7 +89,7 @@ def backup(
     Example: `authkeep db backup --verify --keep 14`
     """
     out = Output(json_output)
-    settings = _settings(out)
+    settings = load_settings_or_fail(out)
     with progress_bar(out) as progress:
         result = _run(
             out,
@@ -168,7 +143,7 @@ def restore(
     Example: `authkeep db restore --yes backups/authkeep-postgresql-20250101T030000Z-0002.dump`
     """
     out = Output(json_output)
-    settings = _settings(out)
+    settings = load_settings_or_fail(out)
     if drill:
         with progress_bar(out) as progress:
             report = _run(
@@ -232,7 +207,7 @@ def copy(
     Example: `AUTHKEEP_COPY_TO=postgresql://admin:…@db:5432/app authkeep db copy --from sqlite:///data/authkeep.db`
     """
     out = Output(json_output)
-    settings = _settings(out)
+    settings = load_settings_or_fail(out)
     with progress_bar(out) as progress:
         report = _run(
             out,

@@ -7,7 +7,6 @@ or bad usage (no password, SQLite, a reserved role name, truncate without `--yes
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,23 +17,22 @@ import typer
 from rich import box
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.exc import DBAPIError
 
 from authkeep.cli.output import (
     EXIT_USAGE,
     JsonOption,
     Output,
     ProgressCallback,
+    load_settings_or_fail,
     progress_bar,
+    run,
     stderr,
     stdout,
 )
-from authkeep.config import Settings, load_settings
+from authkeep.config import Settings
 from authkeep.core.bootstrap import select_admin_database
 from authkeep.core.db import Database
 from authkeep.core.dsn import Candidate
-from authkeep.core.logs import setup_logging
-from authkeep.errors import AuthkeepError
 from authkeep.ops import role_inputs, roles_verify
 from authkeep.ops import roles as ops_roles
 from authkeep.ops import truncate as ops_truncate
@@ -54,28 +52,6 @@ VerifyOption = Annotated[
         help="Connect AS the app role and check what it can and cannot do; changes nothing.",
     ),
 ]
-
-
-def _settings(out: Output) -> Settings:
-    try:
-        settings = load_settings()
-    except AuthkeepError as exc:
-        out.fail_with(exc)
-    setup_logging(settings)
-    return settings
-
-
-def _run(out: Output, work: Callable[[], Awaitable[T]]) -> T:
-    """Usage refusals exit 2, other failures 1; the driver's text (it may quote SQL) never shows."""
-    try:
-        return asyncio.run(work())  # type: ignore[arg-type]
-    except role_inputs.RoleUsageError as exc:
-        out.fail_with(exc, exit_code=EXIT_USAGE)
-    except AuthkeepError as exc:
-        out.fail_with(exc)
-    except DBAPIError as exc:
-        sqlstate = getattr(exc.orig, "sqlstate", None) or "unknown"
-        out.fail(f"The database refused (SQLSTATE {sqlstate}).", code="database_error")
 
 
 SQLITE_ROLES = "SQLite has no database roles: nothing to do."
@@ -105,6 +81,11 @@ async def _admin_database(
         yield database, candidate
     finally:
         await database.dispose()
+
+
+def _run(out: Output, work: Callable[[], Awaitable[T]]) -> T:
+    """`run`, with this group's refusals exiting 2."""
+    return run(out, work, refusals=(role_inputs.RoleUsageError,))
 
 
 def _app_password(out: Output, *, confirm: bool) -> str:
@@ -145,7 +126,7 @@ def roles(
     Example: `DATABASE_URL_ADMIN=postgresql://admin:…@db:5432/app authkeep db roles --verify`
     """
     out = Output(json_output)
-    settings = _settings(out)
+    settings = load_settings_or_fail(out)
     name = role or settings.db_app_role
     try:
         role_inputs.validate_role_name(name)
@@ -295,7 +276,7 @@ def truncate(
     Example: `DATABASE_URL_ADMIN=postgresql://admin:…@db:5432/app authkeep db truncate --dry-run`
     """
     out = Output(json_output)
-    settings = _settings(out)
+    settings = load_settings_or_fail(out)
     execute = yes and not dry_run
 
     async def work(progress: ProgressCallback) -> ops_truncate.TruncateReport:

@@ -6,12 +6,13 @@ confirmation.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,12 +27,16 @@ from rich.progress import (
 )
 from sqlalchemy.exc import DBAPIError
 
+from authkeep.config import Settings, load_settings
+from authkeep.core.logs import setup_logging
 from authkeep.errors import AuthkeepError
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+T = TypeVar("T")
 
 # What the library's long operations call as they go: (description, done, total or None).
 ProgressCallback = Callable[[str, int, int | None], None]
@@ -112,3 +117,32 @@ def progress_bar(out: Output) -> Iterator[ProgressCallback]:
 
     with bar:
         yield update
+
+
+def load_settings_or_fail(out: Output, *, logs: bool = True) -> Settings:
+    """The settings, or a clean `config_error` exit; with `logs`, logging is set up from them."""
+    try:
+        settings = load_settings()
+    except AuthkeepError as exc:
+        out.fail_with(exc)
+    if logs:
+        setup_logging(settings)
+    return settings
+
+
+def run(
+    out: Output,
+    work: Callable[[], Awaitable[T]],
+    *,
+    refusals: tuple[type[AuthkeepError], ...] = (),
+) -> T:
+    """Run async library work for a command. `refusals` exit 2, other authkeep errors 1, and
+    database refusals are reported by SQLSTATE only (`Output.fail_database`)."""
+    try:
+        return asyncio.run(work())  # type: ignore[arg-type]
+    except refusals as exc:
+        out.fail_with(exc, exit_code=EXIT_USAGE)
+    except AuthkeepError as exc:
+        out.fail_with(exc)
+    except DBAPIError as exc:
+        out.fail_database(exc)

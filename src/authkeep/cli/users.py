@@ -17,13 +17,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from authkeep.cli.db import load_settings_or_fail, run
-from authkeep.cli.output import EXIT_USAGE, JsonOption, Output, stdout
+from authkeep.cli.output import EXIT_USAGE, JsonOption, Output, load_settings_or_fail, run, stdout
 from authkeep.config import Settings
 from authkeep.core import migrate
 from authkeep.core.bootstrap import select_database
 from authkeep.core.db import Database
-from authkeep.core.logs import setup_logging
 from authkeep.core.security import PasswordHashing
 from authkeep.errors import DatabaseBootstrapError
 from authkeep.users import admin
@@ -59,7 +57,6 @@ async def with_app_database(settings: Settings, work: Callable[[Database], Await
 def _start(json_output: bool) -> tuple[Output, Settings]:
     out = Output(json_output)
     settings = load_settings_or_fail(out)
-    setup_logging(settings)
     return out, settings
 
 
