@@ -21,10 +21,17 @@ from authkeep.core.mailer import mailer_for
 from authkeep.core.request_context import RequestIdMiddleware
 from authkeep.core.secrets import ensure_secrets
 from authkeep.core.security import PasswordHashing
+from authkeep.core.services import BackgroundService, add_service, services_of
 from authkeep.deploy import routes as deploy_routes
 from authkeep.errors import ConfigError, install_error_handlers
+from authkeep.keys import routes as keys_routes
+from authkeep.keys import verify_routes
+from authkeep.keys.cache import KeyCache, LocalInvalidations
 from authkeep.mfa import routes as mfa_routes
+from authkeep.plans import routes as plans_routes
 from authkeep.tokens import routes as token_routes
+from authkeep.usage import routes as usage_routes
+from authkeep.usage.meter import UsageMeter
 from authkeep.users import admin_routes as admin_api
 from authkeep.users import email_routes
 from authkeep.users import routes as users_routes
@@ -95,15 +102,22 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.database = database or await open_database(settings)
         await admin_api.announce_setup_link(app)  # standalone development only (users.setup_link)
-        logger.info(
-            "authkeep %s ready (%s, %s)",
-            __version__,
-            role.value,
-            "production" if settings.is_production else "development",
-        )
+        started: list[BackgroundService] = []
         try:
+            for service in services_of(app):
+                await service.start(app.state.database)
+                started.append(service)
+            logger.info(
+                "authkeep %s ready (%s, %s)",
+                __version__,
+                role.value,
+                "production" if settings.is_production else "development",
+            )
             yield
         finally:
+            # Reverse order: the usage meter's last flush runs while the database is open.
+            for service in reversed(started):
+                await service.stop()
             await app.state.database.dispose()
             app.state.passwords.close()
 
@@ -116,6 +130,10 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         workers=settings.hash_concurrency or os.cpu_count() or 2,
         queue_limit=settings.hash_queue_limit,
     )
+    app.state.key_cache = KeyCache[object](settings.key_cache_seconds)
+    app.state.invalidations = LocalInvalidations(app.state.key_cache)
+    app.state.meter = UsageMeter(settings)
+    add_service(app, app.state.meter)
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
 
@@ -126,6 +144,10 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     app.include_router(users_routes.router)
     app.include_router(mfa_routes.router)
     app.include_router(email_routes.router)
+    app.include_router(verify_routes.router)
+    app.include_router(keys_routes.router)
+    app.include_router(usage_routes.router)
+    app.include_router(plans_routes.router)
     token_routes.install(app, settings)
     admin_api.install(app, settings)
     return app

@@ -107,6 +107,25 @@ class Settings(BaseSettings):
     backup_dir: Path | None = None
     backup_keep: int = Field(default=7, ge=1, le=1000)
 
+    # API keys, usage, limits, plans (issue "API keys"; SPEC §7, RELIABILITY G and K).
+    key_prefix: str = Field(default="ak", pattern=r"^[a-z][a-z0-9]{0,15}$")
+    key_metadata_max_bytes: int = Field(default=4096, ge=64, le=65_536)
+    key_cache_seconds: float = Field(default=10.0, ge=0, le=300)
+    key_reroll_grace_max_hours: int = Field(default=168, ge=0, le=8760)
+    usage_metering: bool = True
+    usage_flush_seconds: float = Field(default=1.0, gt=0, le=60)
+    usage_flush_events: int = Field(default=1000, ge=1, le=1_000_000)
+    # authkeep's own API (seed 000 defaults): per API key, per owner, per anonymous client IP.
+    api_limit_per_key: int = Field(default=120, ge=1)
+    api_limit_per_owner: int = Field(default=300, ge=1)
+    api_limit_per_ip: int = Field(default=60, ge=1)
+    api_limit_window_seconds: float = Field(default=60.0, gt=0, le=3600)
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_timeout: float = Field(default=5.0, gt=0, le=60)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    key_expiry_warning_days: int = Field(default=7, ge=1, le=365)
+
     trusted_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=AliasChoices("TRUSTED_ORIGINS")
     )
@@ -133,6 +152,8 @@ class Settings(BaseSettings):
         "jwt_key",
         "jwt_next_key",
         "redis_url",
+        "webhook_url",
+        "webhook_secret",
         "smtp_password",
         "fly_app_name",
         "fly_machine_id",

@@ -25,7 +25,7 @@ SECRETS_FILE = "secrets.json"
 REQUIRED_SECRETS = {"secret_key": "AUTHKEEP_SECRET_KEY"}
 # Secrets that only the feature using them asks for (`secret_for`), so production requires them
 # only once that feature is in use: the ES256 signing key, once something signs.
-ON_DEMAND_SECRETS = {"jwt_key": "AUTHKEEP_JWT_KEY"}
+ON_DEMAND_SECRETS = {"jwt_key": "AUTHKEEP_JWT_KEY", "webhook_secret": "AUTHKEEP_WEBHOOK_SECRET"}
 MIN_SECRET_LENGTH = 32
 
 

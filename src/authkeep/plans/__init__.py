@@ -1,0 +1,1 @@
+"""Plans, subscriptions, entitlements, plan quotas and threshold webhooks (SPEC §7)."""

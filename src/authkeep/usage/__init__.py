@@ -1,0 +1,1 @@
+"""Usage metering: batched, atomic counts of verifications per key, owner, outcome and time."""
