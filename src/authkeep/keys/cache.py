@@ -41,6 +41,9 @@ class KeyCache(Generic[T]):
         self.clock = clock
         self.hits = 0
         self.misses = 0
+        # Bumped by every drop: a loader that read the database before a drop must not store
+        # what it read (it may predate the change), so it compares this before `put`.
+        self.generation = 0
         self._slots: OrderedDict[str, _Slot[T]] = OrderedDict()
 
     def get(self, digest: str) -> T | None:
@@ -63,14 +66,17 @@ class KeyCache(Generic[T]):
             self._slots.popitem(last=False)
 
     def drop_key(self, key_id: uuid.UUID) -> None:
+        self.generation += 1
         for digest in [d for d, slot in self._slots.items() if slot.key_id == key_id]:
             del self._slots[digest]
 
     def drop_user(self, user_id: uuid.UUID) -> None:
+        self.generation += 1
         for digest in [d for d, slot in self._slots.items() if slot.user_id == user_id]:
             del self._slots[digest]
 
     def clear(self) -> None:
+        self.generation += 1
         self._slots.clear()
 
     def __len__(self) -> int:

@@ -73,7 +73,7 @@ def parse_key(text: str) -> ParsedKey | None:
     match = _KEY.fullmatch(text)
     if match is None:
         return None
-    head = text[: -CHECKSUM_LENGTH]
+    head = text[:-CHECKSUM_LENGTH]
     if not secrets.compare_digest(_checksum(head), match["checksum"]):
         return None
     return ParsedKey(prefix=match["prefix"], key=text)

@@ -12,9 +12,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from authkeep.users.schemas import Strict
+
+class Strict(BaseModel):
+    """Refuses unknown fields. Defined here, not imported from users.schemas, so the Python
+    client (`authkeep.client`) can use these models without loading the ORM."""
+
+    model_config = ConfigDict(extra="forbid")
+
 
 Permission = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:*-]+$")]
 LimitName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -100,7 +106,11 @@ class KeyCreated(KeyRead):
 
 
 class KeyList(BaseModel):
+    """Newest first. `next_after` is the value for `after` to get the next page (null on the
+    last page)."""
+
     keys: list[KeyRead]
+    next_after: uuid.UUID | None = None
 
 
 # ---- verify ---------------------------------------------------------------------------------

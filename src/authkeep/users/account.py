@@ -13,6 +13,8 @@ from fastapi import Request
 from authkeep.config import Settings
 from authkeep.core.db import Database
 from authkeep.errors import AuthkeepError
+from authkeep.keys import service as keys
+from authkeep.keys.cache import invalidations_for
 from authkeep.mfa import service as mfa
 from authkeep.sessions.service import ActiveSession
 from authkeep.users import service as users
@@ -83,12 +85,17 @@ async def delete_own_account(
     principal: ActiveSession,
     password: str,
 ) -> int:
-    """Check the password, then tombstone the account and end all its sessions."""
+    """Check the password, then tombstone the account, end all its sessions and revoke all its
+    API keys."""
     user = principal.user
     attempt_id = await _confirm_password(
         database, request, settings, principal, password, "auth.account_delete"
     )
     async with database.session_scope() as db:
         ended = await users.delete_account(db, user.id)
-        await users.finish_attempt(db, attempt_id, "success", {"sessions_ended": ended})
+        revoked = await keys.revoke_all_for_user(db, user.id)
+        detail = {"sessions_ended": ended, "keys_revoked": revoked}
+        await users.finish_attempt(db, attempt_id, "success", detail)
+    # Committed: drop the user's keys from every node's verify cache.
+    await invalidations_for(request.app).user_changed(user.id)
     return ended

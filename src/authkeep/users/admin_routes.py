@@ -17,12 +17,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from pydantic import AwareDatetime, BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from authkeep.audit import service as audit
 from authkeep.audit.models import AuditEvent
 from authkeep.config import Role, Settings, resolve_role
 from authkeep.core.deps import DB, AppSettings
 from authkeep.errors import Forbidden, ReauthRequired
+from authkeep.keys.cache import invalidations_for
 from authkeep.sessions import service as sessions
 from authkeep.sessions.deps import ADMIN_ROLE, CurrentSession
 from authkeep.sessions.service import ActiveSession
@@ -162,6 +164,13 @@ async def list_users(
     return UserPage(users=[AdminUserRead.of(u) for u in found], next_after=next_after)
 
 
+async def _user_committed(db: AsyncSession, request: Request, user_id: uuid.UUID) -> None:
+    """Commit, then drop the user's keys from every node's verify cache (the CLI, which has
+    no app, relies on the cache TTL, AUTHKEEP_KEY_CACHE_SECONDS)."""
+    await db.commit()
+    await invalidations_for(request.app).user_changed(user_id)
+
+
 def _changed(outcome: admin.Outcome) -> UserChanged:
     return UserChanged(
         user=AdminUserRead.of(outcome.user),
@@ -174,12 +183,15 @@ def _changed(outcome: admin.Outcome) -> UserChanged:
 async def disable_user(
     user_id: uuid.UUID, principal: FreshAdmin, db: DB, request: Request
 ) -> UserChanged:
-    """Disable the account and end all its sessions at once (fresh session; not yourself)."""
+    """Disable the account and end all its sessions at once (fresh session; not yourself).
+    Its API keys answer FORBIDDEN from then on."""
     if user_id == principal.user.id:
         raise admin.CannotTargetSelf()
     user = await admin.find(db, user_id)
     actor = admin.Actor.of(principal, request)
-    return _changed(await admin.set_disabled(db, user, disabled=True, actor=actor))
+    outcome = await admin.set_disabled(db, user, disabled=True, actor=actor)
+    await _user_committed(db, request, user.id)
+    return _changed(outcome)
 
 
 @router.post("/users/{user_id}/enable", response_model=UserChanged)
@@ -189,7 +201,9 @@ async def enable_user(
     """Let a disabled account sign in again (fresh session)."""
     user = await admin.find(db, user_id)
     actor = admin.Actor.of(principal, request)
-    return _changed(await admin.set_disabled(db, user, disabled=False, actor=actor))
+    outcome = await admin.set_disabled(db, user, disabled=False, actor=actor)
+    await _user_committed(db, request, user.id)
+    return _changed(outcome)
 
 
 @router.post("/users/{user_id}/force-password-reset", response_model=UserChanged)

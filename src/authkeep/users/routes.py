@@ -62,7 +62,7 @@ def body_limit(settings: Settings) -> int:
     return BASE_BODY_LIMIT + 2 * ESCAPED_BYTES_PER_CODE_POINT * settings.password_max_length
 
 
-async def _bounded_body(request: Request, limit: int) -> bytes:
+async def bounded_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise PayloadTooLarge()
@@ -79,13 +79,17 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
 class AuthRoute(APIRoute):
     """Caps the request body before FastAPI parses it, and marks every answer `no-store`."""
 
+    def max_body_bytes(self, settings: Settings) -> int:
+        """The body cap; routers with larger bodies override it."""
+        return body_limit(settings)
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def bounded(request: Request) -> Response:
             if request.method not in {"GET", "HEAD", "OPTIONS"}:
                 settings: Settings = request.app.state.settings
-                body = await _bounded_body(request, body_limit(settings))
+                body = await bounded_body(request, self.max_body_bytes(settings))
                 request = Request(request.scope, _replay(body, request))
             response = await handler(request)
             response.headers["Cache-Control"] = "no-store"
