@@ -27,6 +27,7 @@ from authkeep.app import create_app
 from authkeep.config import Settings, load_settings
 from support.apps import PostgresTemplates, SqliteTemplates
 from support.pgcluster import ThrowawayPostgres
+from support.redis import RedisDatabases, ThrowawayRedis
 from support.secrets_scan import FIGURES, SCAN, ScanHandler
 
 # A password with every character that breaks naive DSN handling (SPEC §4).
@@ -193,9 +194,33 @@ def make_settings(tmp_path: Path):  # type: ignore[no-untyped-def]
     def build(**overrides: object) -> Settings:
         overrides.setdefault("data_dir", tmp_path / "data")
         overrides.setdefault("db_probe_timeout", 2.0)
+        # Many tests make hundreds of calls from one client; the own-API limits have their own
+        # tests (tests/core/test_apilimits.py), which pass the real values explicitly.
+        overrides.setdefault("api_limit_per_ip", 10_000)
+        overrides.setdefault("api_limit_per_owner", 10_000)
+        overrides.setdefault("api_limit_per_key", 10_000)
         return load_settings(**overrides)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def redis_databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisDatabases]:
+    """The Redis under test: AUTHKEEP_TEST_REDIS_URL, else a throwaway redis-server."""
+    given = os.environ.get("AUTHKEEP_TEST_REDIS_URL", "").strip()
+    if given:
+        yield RedisDatabases(given)
+        return
+    server = ThrowawayRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield RedisDatabases(server.url)
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_databases: RedisDatabases) -> str:
+    """A Redis database of this test's own, empty at the start."""
+    return redis_databases.fresh()
 
 
 @pytest.fixture

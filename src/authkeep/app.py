@@ -13,11 +13,15 @@ from fastapi import FastAPI
 
 from authkeep import __version__
 from authkeep.config import Role, Settings, load_settings, resolve_role
-from authkeep.core import health, migrate
+from authkeep.core import health, migrate, redis_client
+from authkeep.core.apilimits import ApiLimitMiddleware
 from authkeep.core.bootstrap import select_database
 from authkeep.core.clientip import parse_networks
 from authkeep.core.db import Database
 from authkeep.core.mailer import mailer_for
+from authkeep.core.ratelimit import MemoryRateLimiter
+from authkeep.core.ratelimit_redis import RedisRateLimiter
+from authkeep.core.redis_bus import RedisInvalidations
 from authkeep.core.request_context import RequestIdMiddleware
 from authkeep.core.secrets import ensure_secrets
 from authkeep.core.security import PasswordHashing
@@ -29,6 +33,8 @@ from authkeep.keys import verify_routes
 from authkeep.keys.cache import KeyCache, LocalInvalidations
 from authkeep.mfa import routes as mfa_routes
 from authkeep.plans import routes as plans_routes
+from authkeep.plans.webhooks import WebhookDeliverer
+from authkeep.sessions.cookies import PLAIN_NAME, SECURE_NAME
 from authkeep.tokens import routes as token_routes
 from authkeep.usage import routes as usage_routes
 from authkeep.usage.meter import UsageMeter
@@ -131,26 +137,46 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         queue_limit=settings.hash_queue_limit,
     )
     app.state.key_cache = KeyCache[object](settings.key_cache_seconds)
-    app.state.invalidations = LocalInvalidations(app.state.key_cache)
+    install_limits_and_invalidations(app, settings)
     app.state.meter = UsageMeter(settings)
     add_service(app, app.state.meter)
+    app.state.webhooks = WebhookDeliverer(settings)
+    add_service(app, app.state.webhooks)
+    app.add_middleware(ApiLimitMiddleware, credential_cookies=(SECURE_NAME, PLAIN_NAME))
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
 
     app.include_router(health.router)
     # The same checks under /api, so a proxy that forwards only /api/* reaches them (seed 002).
     app.include_router(health.router, prefix="/api", include_in_schema=False)
+    # The hot path right after health: each router in front of a route costs every request
+    # to it a match attempt (about a third of a cache-hit verify when it came after auth).
+    app.include_router(verify_routes.router)
     app.include_router(deploy_routes.router)
     app.include_router(users_routes.router)
     app.include_router(mfa_routes.router)
     app.include_router(email_routes.router)
-    app.include_router(verify_routes.router)
     app.include_router(keys_routes.router)
     app.include_router(usage_routes.router)
     app.include_router(plans_routes.router)
     token_routes.install(app, settings)
     admin_api.install(app, settings)
     return app
+
+
+def install_limits_and_invalidations(app: FastAPI, settings: Settings) -> None:
+    """One node keeps rate-limit counters and cache invalidations in process; with
+    AUTHKEEP_REDIS_URL every node shares them through Redis (SPEC §9)."""
+    if settings.redis_url is None:
+        app.state.limiter = MemoryRateLimiter()
+        app.state.api_limiter = MemoryRateLimiter()  # core.apilimits: a bounded memory of its own
+        app.state.invalidations = LocalInvalidations(app.state.key_cache)
+        return
+    client = redis_client.connect(settings.redis_url)
+    add_service(app, redis_client.RedisConnection(client))  # stops after its users
+    app.state.limiter = app.state.api_limiter = RedisRateLimiter(client)
+    app.state.invalidations = RedisInvalidations(client, app.state.key_cache)
+    add_service(app, app.state.invalidations)
 
 
 def create_app_from_env() -> FastAPI:

@@ -117,6 +117,15 @@ class RateLimited(AuthkeepError):
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
 
 
+class LimiterUnavailable(AuthkeepError):
+    """The shared rate-limit store (Redis) did not answer: limits fail closed."""
+
+    code = "rate_limiter_unavailable"
+    status_code = 503
+    detail = "Rate limits cannot be checked right now. Try again shortly."
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",

@@ -82,8 +82,14 @@ async def request_verification(
 
 
 def without_request_id(response: httpx.Response) -> tuple[int, bytes, list[tuple[str, str]]]:
-    """Status, body and headers, minus the per-request id: what must not tell accounts apart."""
-    headers = sorted((k, v) for k, v in response.headers.items() if k != "x-request-id")
+    """Status, body and headers, minus the per-request id and the client's own API budget
+    (RateLimit-*, which counts down with every request whatever the account): what must not
+    tell accounts apart."""
+    headers = sorted(
+        (k, v)
+        for k, v in response.headers.items()
+        if k != "x-request-id" and not k.startswith("ratelimit-")
+    )
     return response.status_code, response.content, headers
 
 

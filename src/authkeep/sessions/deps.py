@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from authkeep.core import apilimits
 from authkeep.core.deps import DB, AppSettings
 from authkeep.errors import CsrfRejected, Forbidden, ReauthRequired, Unauthorized
 from authkeep.sessions import service as sessions
@@ -39,6 +40,7 @@ async def current_session(request: Request, db: DB, settings: AppSettings) -> Ac
     if active is None:
         raise Unauthorized("Your session has ended or is not valid. Sign in again.")
     request.state.principal = active
+    await apilimits.charge_session(request, active.user.id)
     return active
 
 
