@@ -31,8 +31,8 @@ test-postgres: $(VENV)/.dev
 	$(BIN)/pytest -m postgres
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
