@@ -22,11 +22,11 @@ from identity_helpers import (
     new_user,
     sign_in,
     sign_up,
-    started_app,
     strong_password,
     user_row,
 )
 
+from authkeep.app import create_app
 from authkeep.core.models import utcnow
 from authkeep.core.security import PasswordHashing
 from authkeep.mfa.models import MfaFactor
@@ -203,7 +203,11 @@ class ConnectionProbe(PasswordHashing):
 
 @pytest.fixture
 async def probed(migrated_url: str, make_settings) -> AsyncIterator[tuple[FastAPI, Any]]:
-    async with started_app(make_settings, migrated_url) as app:
+    app = create_app(make_settings(database_url=migrated_url))
+    # Background services (usage flusher, webhook deliverer) use connections of their own at
+    # moments of their own; the probe is about the requests' connections, so none run here.
+    app.state.services = []
+    async with app.router.lifespan_context(app):
         app.state.passwords.close()
         probe = ConnectionProbe(workers=2)
         probe.checked_out = []
