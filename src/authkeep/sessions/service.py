@@ -8,10 +8,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from authkeep.config import Settings
+from authkeep.core.db import SQLITE_READ_ONLY
 from authkeep.core.models import utcnow
 from authkeep.core.security import new_token, token_digest
 from authkeep.sessions.models import Session
@@ -30,46 +31,79 @@ def idle_timeout(settings: Settings) -> timedelta:
     return timedelta(minutes=settings.session_idle_minutes)
 
 
+# Sign-in and every authenticated request run these statements: built once, with bound
+# parameters, on a connection (bench/README.md, "Identity": building a statement per call and
+# the ORM's bookkeeping cost about as much Python as running it).
+_INSERT = insert(Session)
+_LIVE = (
+    Session.user_id == bindparam("uid"),
+    Session.revoked_at.is_(None),
+    Session.expires_at > bindparam("now"),
+)
+_NEWEST_LIVE = (
+    select(Session.id)
+    .where(*_LIVE)
+    .order_by(Session.created_at.desc(), Session.id.desc())
+    .limit(bindparam("keep"))
+)
+_EVICT_OLDEST = (
+    update(Session)
+    .where(*_LIVE, Session.id.not_in(_NEWEST_LIVE))
+    .values(revoked_at=bindparam("now"))
+)
+_SESSION_COLUMNS = tuple(Session.__table__.c)
+_USER_COLUMNS = tuple(User.__table__.c)
+_BY_DIGEST = (
+    select(*_SESSION_COLUMNS, *_USER_COLUMNS)
+    .join_from(Session, User, User.id == Session.user_id)
+    .where(Session.token_hash == bindparam("digest"))
+)
+
+
 async def create(
     db: AsyncSession, user: User, settings: Settings, *, ip: str | None, user_agent: str | None
 ) -> tuple[str, Session]:
-    """Start a session; returns the plaintext token (only here) and the row.
+    """Start a session for a stored user; returns the plaintext token (only here) and the row
+    (a snapshot, not attached to `db`).
 
     When the user already has `max_sessions_per_user` live sessions, the oldest are ended
-    (CHK-SE-08: the documented rule is "evict oldest").
+    (CHK-SE-08: the documented rule is "evict oldest"): one update ends every live session but
+    the newest `max_sessions_per_user`, however many there are.
     """
     now = utcnow()
     token = new_token()
-    session = Session(
-        user_id=user.id,
-        token_hash=token_digest(token),
-        created_at=now,
-        authenticated_at=now,
-        last_seen_at=now,
-        expires_at=now + timedelta(hours=settings.session_absolute_hours),
-        ip=ip,
-        user_agent=user_agent,
+    values = {
+        "id": uuid.uuid4(),
+        "user_id": user.id,
+        "token_hash": token_digest(token),
+        "created_at": now,
+        "authenticated_at": now,
+        "last_seen_at": now,
+        "expires_at": now + timedelta(hours=settings.session_absolute_hours),
+        "revoked_at": None,
+        "ip": ip,
+        "user_agent": user_agent,
+    }
+    conn = await db.connection()
+    await conn.execute(_INSERT, values)
+    await conn.execute(
+        _EVICT_OLDEST, {"uid": user.id, "now": now, "keep": settings.max_sessions_per_user}
     )
-    db.add(session)
-    await db.flush()
-    live = await list_for_user(db, user.id)
-    for old in live[settings.max_sessions_per_user :]:
-        old.revoked_at = now
-    return token, session
+    return token, Session(**values)
 
 
 async def authenticate(db: AsyncSession, token: str, settings: Settings) -> ActiveSession | None:
     """The session and user behind a token, or None when unknown, revoked, idle too long,
-    past its absolute lifetime, or its user is disabled or deleted."""
+    past its absolute lifetime, or its user is disabled or deleted.
+
+    Every authenticated request starts here, so the read is one Core SELECT on a connection of
+    its own, outside the request's unit of work (`db`): on SQLite a plain read transaction
+    that never queues for the write lock, on PostgreSQL a single autocommit statement. `db`
+    is used only for the renewal write, at most once per `session_renew_seconds`. The
+    returned rows are snapshots, not attached to `db`."""
     if not token or len(token) > 128:
         return None
-    row = (
-        await db.execute(
-            select(Session, User)
-            .join(User, User.id == Session.user_id)
-            .where(Session.token_hash == token_digest(token))
-        )
-    ).first()
+    row = await _read_session(db, token_digest(token))
     if row is None:
         return None
     session, user = row
@@ -86,16 +120,48 @@ async def authenticate(db: AsyncSession, token: str, settings: Settings) -> Acti
     return ActiveSession(session, user)
 
 
+async def _read_session(db: AsyncSession, digest: str) -> tuple[Session, User] | None:
+    """The session with this token digest and its user, as snapshots; None when unknown."""
+    engine = db.bind
+    if not isinstance(engine, AsyncEngine):  # a session bound to one connection: read there
+        row = (await db.execute(_BY_DIGEST, {"digest": digest})).first()
+    else:
+        async with engine.connect() as conn:
+            read_only = (
+                {SQLITE_READ_ONLY: True}
+                if engine.dialect.name == "sqlite"
+                else {"isolation_level": "AUTOCOMMIT"}
+            )
+            conn = await conn.execution_options(**read_only)
+            row = (await conn.execute(_BY_DIGEST, {"digest": digest})).first()
+    if row is None:
+        return None
+    split = len(_SESSION_COLUMNS)
+    session = Session(**{c.key: v for c, v in zip(_SESSION_COLUMNS, row[:split], strict=True)})
+    user = User(**{c.key: v for c, v in zip(_USER_COLUMNS, row[split:], strict=True)})
+    return session, user
+
+
+# Sessions whose renewal this process is writing right now. Checks read outside any write
+# lock, so a burst of requests on one session all see it due; only the first one writes.
+_RENEWING: set[uuid.UUID] = set()
+
+
 async def _touch(db: AsyncSession, session: Session, now: datetime, settings: Settings) -> None:
-    """Sliding renewal: one conditional write per interval, whatever the request rate."""
+    """Sliding renewal: one conditional write per interval, whatever the request rate (the
+    condition keeps it to one row change across processes and nodes)."""
     threshold = now - timedelta(seconds=settings.session_renew_seconds)
-    if session.last_seen_at > threshold:
+    if session.last_seen_at > threshold or session.id in _RENEWING:
         return
-    await db.execute(
-        update(Session)
-        .where(Session.id == session.id, Session.last_seen_at <= threshold)
-        .values(last_seen_at=now)
-    )
+    _RENEWING.add(session.id)
+    try:
+        await db.execute(
+            update(Session)
+            .where(Session.id == session.id, Session.last_seen_at <= threshold)
+            .values(last_seen_at=now)
+        )
+    finally:
+        _RENEWING.discard(session.id)
     session.last_seen_at = now
 
 

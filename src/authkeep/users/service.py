@@ -13,7 +13,10 @@ Canonical email (RELIABILITY BI-10). Uniqueness is decided on this one form, com
 Provider-specific rules (Gmail dots, `+tags`) are not applied: they differ between providers.
 
 Service functions add and flush; the caller's unit of work commits. Password hashing never
-happens here while a connection is held: callers hash first (see `users.signin`).
+happens here while a connection is held: callers hash first (see `users.signin`). The
+statements every sign-in runs are prepared once and run on the unit of work's connection
+(`reserve_failure`, `complete_sign_in`, `finish_attempt`): they return snapshots, not objects
+attached to the unit of work.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ import re
 import unicodedata
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from fastapi import Request, Response
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -91,6 +95,20 @@ class SignInResult:
     token: str
     session: Session
     user: User
+
+
+@dataclass(frozen=True)
+class CountedAccount:
+    """The account a password attempt names, as the statement that counted the attempt left it:
+    just what judging the attempt needs (`reserve_failure`)."""
+
+    id: uuid.UUID
+    email: str
+    password_hash: str | None
+    failed_login_count: int
+    disabled_at: datetime | None
+    password_reset_required: bool
+    email_verified_at: datetime | None
 
 
 def _fold(text: str) -> str:
@@ -213,30 +231,50 @@ async def delete_account(db: AsyncSession, user_id: uuid.UUID) -> int:
     return await sessions.revoke_all(db, user_id)
 
 
+# The statements every sign-in runs are built once, with bound parameters, and run on the unit
+# of work's connection: building a statement per call and the ORM's bookkeeping cost about as
+# much Python as executing it (bench/README.md, "Identity").
+_COUNTED_COLUMNS = (
+    User.id,
+    User.email,
+    User.password_hash,
+    User.failed_login_count,
+    User.disabled_at,
+    User.password_reset_required,
+    User.email_verified_at,
+)
+
+
+_COUNT_FAILURE = (
+    update(User)
+    .where(User.deleted_at.is_(None))
+    .values(failed_login_count=User.failed_login_count + 1)
+    .returning(*_COUNTED_COLUMNS)
+)
+_COUNT_FAILURE_BY_EMAIL = _COUNT_FAILURE.where(User.email == bindparam("canonical"))
+_COUNT_FAILURE_BY_ID = _COUNT_FAILURE.where(User.id == bindparam("uid"))
+
+
 async def reserve_failure(
     db: AsyncSession, *, email: str | None = None, user_id: uuid.UUID | None = None
-) -> User | None:
+) -> CountedAccount | None:
     """Find the (not deleted) account and count this attempt as a failure, in one atomic
-    statement; returns the user with the new count, or None when there is no such account.
+    statement; returns the account with the new count, or None when there is no such account.
 
     Counting up front means concurrent attempts each get a distinct number, so the ceiling
     holds exactly (CHK-BF-01, FI-RACE-03), and known and unknown accounts cost the same one
     statement. A correct password clears the count (`reset_failures`)."""
+    conn = await db.connection()
     if user_id is not None:
-        match = User.id == user_id
+        result = await conn.execute(_COUNT_FAILURE_BY_ID, {"uid": user_id})
     else:
         try:
-            match = User.email == canonical_email(email or "")
+            canonical = canonical_email(email or "")
         except InvalidEmail:
             return None
-    statement = (
-        update(User)
-        .where(match, User.deleted_at.is_(None))
-        .values(failed_login_count=User.failed_login_count + 1)
-        .returning(User)
-        .execution_options(populate_existing=True, synchronize_session=False)
-    )
-    return (await db.scalars(statement)).first()
+        result = await conn.execute(_COUNT_FAILURE_BY_EMAIL, {"canonical": canonical})
+    row = result.first()
+    return CountedAccount(*row) if row is not None else None
 
 
 async def release_failure(db: AsyncSession, user_id: uuid.UUID) -> None:
@@ -253,7 +291,7 @@ async def reset_failures(db: AsyncSession, user_id: uuid.UUID) -> None:
     await db.execute(update(User).where(User.id == user_id).values(failed_login_count=0))
 
 
-def sign_in_refusal(user: User, settings: Settings) -> AuthkeepError | None:
+def sign_in_refusal(user: User | CountedAccount, settings: Settings) -> AuthkeepError | None:
     """Why a user with a correct password still gets no session, if anything. Only ever
     answered after the password was verified (CHK-PW-06: no hint to password guessers)."""
     if user.password_reset_required:
@@ -268,18 +306,22 @@ async def revoke_presented_session(db: AsyncSession, request: Request) -> None:
     sign-in, whoever chose it (CHK-SE-02, no fixation)."""
     token = read_cookie(request)
     if token:
-        await db.execute(
-            update(Session)
-            .where(Session.token_hash == token_digest(token), Session.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-        )
+        conn = await db.connection()
+        await conn.execute(_REVOKE_PRESENTED, {"digest": token_digest(token), "now": utcnow()})
+
+
+_REVOKE_PRESENTED = (
+    update(Session)
+    .where(Session.token_hash == bindparam("digest"), Session.revoked_at.is_(None))
+    .values(revoked_at=bindparam("now"))
+)
 
 
 async def complete_sign_in(
     database_or_db: Database | AsyncSession,
     request: Request,
     response: Response,
-    user: User,
+    user: User | CountedAccount,
     settings: Settings,
     *,
     method: str = "password",
@@ -290,8 +332,12 @@ async def complete_sign_in(
     Ends any session cookie sent along, clears the failure count, records the sign-in, sets the
     session cookie on `response` and returns the token for the JSON body. Callers hash (or
     rehash) before calling: this runs inside a unit of work. Refuses users disabled or deleted
-    since their credentials were checked. `attempt_id` is the sign-in's audit row when one was
-    already written (the password step); without it a new `auth.sign_in` row is added.
+    since their credentials were checked (`InvalidCredentials`) and users who must reset their
+    password or confirm their email (that refusal): the error leaves the unit of work, which
+    rolls back (`session_scope` does), so nothing of the attempt is kept. `attempt_id` is the
+    sign-in's audit row when one was already written (the password step); without it a new
+    `auth.sign_in` row is added. `result.user` and `result.session` are snapshots of the rows
+    as written, not attached to the unit of work.
     """
     if isinstance(database_or_db, Database):
         async with database_or_db.session_scope() as db:
@@ -312,17 +358,13 @@ async def _start_session(
     method: str,
     attempt_id: uuid.UUID | None,
 ) -> SignInResult:
-    user = await get(db, user_id)
-    if user is None or user.disabled_at is not None:
+    user = await _mark_signed_in(db, user_id)
+    if user is None:
         raise InvalidCredentials()
     refusal = sign_in_refusal(user, settings)
     if refusal is not None:
-        raise refusal
+        raise refusal  # the unit of work rolls back: the count and last_login_at stay as they were
     await revoke_presented_session(db, request)
-    now = utcnow()
-    await db.execute(
-        update(User).where(User.id == user.id).values(failed_login_count=0, last_login_at=now)
-    )
     token, session = await sessions.create(
         db, user, settings, ip=request_ip(request), user_agent=user_agent(request)
     )
@@ -343,6 +385,31 @@ async def _start_session(
     return SignInResult(token, session, user)
 
 
+_MARK_SIGNED_IN = (
+    update(User)
+    .where(User.id == bindparam("uid"), User.deleted_at.is_(None), User.disabled_at.is_(None))
+    .values(failed_login_count=0, last_login_at=bindparam("now"))
+    .returning(*User.__table__.c)
+)
+
+
+async def _mark_signed_in(db: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """Clear the failure count and set `last_login_at`, unless the account was disabled or
+    deleted meanwhile; returns the user as that statement left it (a snapshot, not attached
+    to `db`), or None."""
+    conn = await db.connection()
+    row = (await conn.execute(_MARK_SIGNED_IN, {"uid": user_id, "now": utcnow()})).first()
+    return User(**row._asdict()) if row is not None else None
+
+
+_SETTLE_ATTEMPT = (
+    update(AuditEvent)
+    .where(AuditEvent.id == bindparam("attempt"))
+    .values(outcome=bindparam("new_outcome"), detail=bindparam("new_detail"))
+)
+_SETTLE_ATTEMPT_WITH_TARGET = _SETTLE_ATTEMPT.values(target=bindparam("new_target"))
+
+
 async def finish_attempt(
     db: AsyncSession,
     attempt_id: uuid.UUID,
@@ -353,8 +420,10 @@ async def finish_attempt(
 ) -> None:
     """Settle a password attempt's audit row, written as a failure before the hash so that
     every refused branch does the same database work (CHK-EN-02)."""
-    values: dict[str, Any] = {"outcome": outcome, "detail": detail}
-    if target is not None:
-        values["target"] = target
-    await db.execute(update(AuditEvent).where(AuditEvent.id == attempt_id).values(**values))
+    values = {"attempt": attempt_id, "new_outcome": outcome, "new_detail": detail}
+    conn = await db.connection()
+    if target is None:
+        await conn.execute(_SETTLE_ATTEMPT, values)
+    else:
+        await conn.execute(_SETTLE_ATTEMPT_WITH_TARGET, {**values, "new_target": target})
     audit_logger.info("audit attempt=%s settled outcome=%s", attempt_id, outcome)

@@ -53,10 +53,11 @@ class Throttled(RateLimited):
 
 @dataclass(frozen=True)
 class PasswordCheck:
-    """The verdict on one password attempt. `user` is a detached snapshot (or None);
-    `attempt_id` is the attempt's audit row, written as a failure before the hash."""
+    """The verdict on one password attempt. `user` is the account as counting the attempt left
+    it (or None); `attempt_id` is the attempt's audit row, written as a failure before the
+    hash."""
 
-    user: User | None
+    user: users.CountedAccount | None
     ok: bool
     reason: str
     attempt_id: uuid.UUID
@@ -132,7 +133,7 @@ async def _open_attempt(
     action: str,
     email: str | None,
     user_id: uuid.UUID | None,
-) -> tuple[User | None, str | None, uuid.UUID]:
+) -> tuple[users.CountedAccount | None, str | None, uuid.UUID]:
     async with database.session_scope() as db:
         user = await users.reserve_failure(db, email=email, user_id=user_id)
         refusal: str | None = "unknown_email"
@@ -151,7 +152,9 @@ async def _open_attempt(
         return user, refusal, event.id
 
 
-async def _abandon_attempt(database: Database, user: User | None, attempt_id: uuid.UUID) -> None:
+async def _abandon_attempt(
+    database: Database, user: users.CountedAccount | None, attempt_id: uuid.UUID
+) -> None:
     """Never judged (hashing overloaded): the account does not pay for our overload."""
     async with database.session_scope() as db:
         if user is not None:
@@ -159,7 +162,7 @@ async def _abandon_attempt(database: Database, user: User | None, attempt_id: uu
         await users.finish_attempt(db, attempt_id, "failure", {"reason": "overloaded"})
 
 
-def _refusal_before_password(user: User, settings: Settings) -> str | None:
+def _refusal_before_password(user: users.CountedAccount, settings: Settings) -> str | None:
     if user.failed_login_count > settings.login_max_failures:
         return "locked"
     if user.disabled_at is not None:
@@ -222,31 +225,34 @@ async def _after_password(
     request: Request,
     response: Response,
     settings: Settings,
-    user: User,
+    user: users.CountedAccount,
     check: PasswordCheck,
 ) -> users.SignInResult | MfaChallenge:
+    """One unit of work settles a correct password: a session (the common case), an MFA
+    challenge, or the refusal that only a correct password may learn."""
     refusal: AuthkeepError | None
     async with database.session_scope() as db:
         if check.new_hash is not None:
             await _rehash(db, user, check.new_hash)
-        await users.reset_failures(db, user.id)
         refusal = users.sign_in_refusal(user, settings)
-        if refusal is None and await mfa.is_enabled(db, user.id):
-            token = await one_time.issue(db, MFA_CHALLENGE, MFA_CHALLENGE_TTL, user_id=user.id)
-            await users.finish_attempt(db, check.attempt_id, "mfa_required", {"method": "password"})
-            return MfaChallenge(token)
-        if refusal is None:
+        if refusal is None and not await mfa.is_enabled(db, user.id):
+            # Clears the failure count itself, or rolls back if the account changed meanwhile.
             return await users.complete_sign_in(
                 db, request, response, user, settings, attempt_id=check.attempt_id
             )
+        await users.reset_failures(db, user.id)
+        if refusal is None:
+            token = await one_time.issue(db, MFA_CHALLENGE, MFA_CHALLENGE_TTL, user_id=user.id)
+            await users.finish_attempt(db, check.attempt_id, "mfa_required", {"method": "password"})
+            return MfaChallenge(token)
         await users.finish_attempt(db, check.attempt_id, "failure", {"reason": refusal.code})
     raise refusal
 
 
-async def _rehash(db: AsyncSession, user: User, new_hash: str) -> None:
+async def _rehash(db: AsyncSession, user: users.CountedAccount, new_hash: str) -> None:
     """Upgrade a hash made with older parameters (CHK-PS-02). Only if it is still the hash we
     verified, so a concurrent password change is never overwritten."""
-    await db.execute(
+    await (await db.connection()).execute(
         update(User)
         .where(User.id == user.id, User.password_hash == user.password_hash)
         .values(password_hash=new_hash)
