@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import secrets
 import time
 from contextlib import ExitStack
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from harness import LoadResult, Server, started_server
+from harness import LoadResult, Server, raw_load, raw_request, started_server
 
 from authkeep.client import AuthkeepClient
 from authkeep.keys.schemas import VerifyRequest
@@ -44,7 +43,6 @@ SERVERS: dict[str, dict[str, str]] = {
     "uncached": {"AUTHKEEP_KEY_CACHE_SECONDS": "0"},
     "unmetered": {"AUTHKEEP_USAGE_METERING": "false"},
 }
-CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
 TARGET_CACHE_HIT = 0.7
 TARGET_METERING_COST = 0.10
 
@@ -95,53 +93,6 @@ async def new_key(url: str) -> str:
         assert created.status_code == 201, created.text
         key: str = created.json()["key"]
     return key
-
-
-def raw_request(method: str, path: str, headers: dict[str, str], body: str = "") -> bytes:
-    """One HTTP/1.1 keep-alive request, built once and sent as is."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
-
-
-async def raw_load(
-    request: bytes, server: Server, *, concurrency: int, seconds: float, expect: int = 200
-) -> LoadResult:
-    """`harness.load` with a bare asyncio HTTP/1.1 client: prebuilt request bytes, responses
-    read by Content-Length. httpx costs the load generator several times the server's CPU per
-    request, so on a small machine it, not the server, would set the pace."""
-    host, port = server.url.removeprefix("http://").split(":")
-    latencies: list[float] = []
-    errors = 0
-
-    async def worker(deadline: float) -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = CONTENT_LENGTH.search(head)
-                assert length is not None, "a response without Content-Length"
-                await reader.readexactly(int(length[1]))
-                latencies.append((time.perf_counter() - started) * 1000)
-                errors += int(head[9:12]) != expect
-        finally:
-            writer.close()
-
-    server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(started + seconds) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    return LoadResult(
-        len(latencies),
-        elapsed,
-        latencies,
-        errors,
-        client_cpu_seconds=time.process_time() - client_cpu,
-        server_cpu_seconds=server.cpu_seconds() - server_cpu,
-    )
 
 
 async def requests_for(server: Server) -> dict[str, bytes]:
