@@ -43,6 +43,7 @@ from authkeep.core.security import (
     ARGON2_PARALLELISM,
     ARGON2_TIME_COST,
     PasswordHashing,
+    default_hash_workers,
 )
 
 
@@ -165,8 +166,9 @@ def main() -> None:
     parser.add_argument(
         "--hash-threads",
         type=int,
-        default=int(os.environ.get("AUTHKEEP_HASH_CONCURRENCY") or os.cpu_count() or 2),
-        help="the server's hashing pool size, and the raw figure's threads (default: cores)",
+        default=int(os.environ.get("AUTHKEEP_HASH_CONCURRENCY") or default_hash_workers()),
+        help="the server's hashing pool size, and the raw figure's threads (default: the "
+        "server's own default, cores - 1)",
     )
     parser.add_argument(
         "--database-url",

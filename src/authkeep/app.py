@@ -5,7 +5,6 @@ database chosen by the bootstrap and closes it on shutdown. Nothing is created a
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,7 +23,7 @@ from authkeep.core.ratelimit_redis import RedisRateLimiter
 from authkeep.core.redis_bus import RedisInvalidations
 from authkeep.core.request_context import RequestIdMiddleware
 from authkeep.core.secrets import ensure_secrets
-from authkeep.core.security import PasswordHashing
+from authkeep.core.security import PasswordHashing, default_hash_workers
 from authkeep.core.services import BackgroundService, add_service, services_of
 from authkeep.deploy import routes as deploy_routes
 from authkeep.errors import ConfigError, install_error_handlers
@@ -133,7 +132,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
     app.state.mailer = mailer_for(settings)
     app.state.passwords = PasswordHashing(
-        workers=settings.hash_concurrency or os.cpu_count() or 2,
+        workers=settings.hash_concurrency or default_hash_workers(),
         queue_limit=settings.hash_queue_limit,
     )
     app.state.key_cache = KeyCache[object](settings.key_cache_seconds)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 import uvicorn
 from sqlalchemy.exc import DBAPIError
+from uvicorn.loops.auto import auto_loop_factory
 
 from authkeep.cli.output import Output, stderr
 from authkeep.config import Settings, load_settings
@@ -45,7 +46,9 @@ def serve(
     setup_logging(settings)
     try:
         if settings.workers == 1:
-            asyncio.run(_serve_one(settings))
+            # The event loop uvicorn itself would pick (uvloop where installed), as with workers.
+            with asyncio.Runner(loop_factory=auto_loop_factory(use_subprocess=False)) as runner:
+                runner.run(_serve_one(settings))
         else:
             _serve_many(settings)
     except AuthkeepError as exc:

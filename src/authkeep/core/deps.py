@@ -1,4 +1,7 @@
-"""Request dependencies shared by every domain."""
+"""Request dependencies shared by every domain.
+
+They are `async def` although they do not await: FastAPI runs a plain `def` dependency in a
+worker thread, one thread hop per request for a dictionary lookup."""
 
 from __future__ import annotations
 
@@ -12,19 +15,20 @@ from authkeep.config import Settings
 from authkeep.core.db import Database
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
 async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
     """One unit of work per request: committed before the response is sent, rolled back on error."""
-    async with get_database(request).session_scope() as db:
+    database: Database = request.app.state.database
+    async with database.session_scope() as db:
         yield db
 
 

@@ -31,7 +31,7 @@ class JwksRead(BaseModel):
     keys: list[JwkRead]
 
 
-def get_keyset(request: Request) -> KeySet:
+async def get_keyset(request: Request) -> KeySet:
     keyset: KeySet = request.app.state.keyset
     return keyset
 
