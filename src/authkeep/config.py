@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     max_sessions_per_user: int = Field(default=20, ge=1)
     login_max_failures: int = Field(default=100, ge=1, le=100)
     login_ip_failures_per_minute: int = Field(default=20, ge=1)
+    # Progressive delay per account (CHK-BF-02): after `login_delay_after` consecutive failures,
+    # failure k makes the next attempt wait min(max, base * 2 ** (k - after - 1)) seconds.
+    login_delay_after: int = Field(default=5, ge=0, le=100)
+    login_delay_base_seconds: float = Field(default=1.0, ge=0, le=3600)
+    login_delay_max_seconds: float = Field(default=900.0, ge=0, le=86_400)
+    admin_mfa_required: bool = False
+    metrics_enabled: bool = False
     require_verified_email: bool = False
     email_token_minutes: int = Field(default=60, ge=1, le=1440)
     reset_token_minutes: int = Field(default=30, ge=1, le=1440)

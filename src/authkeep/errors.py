@@ -102,6 +102,12 @@ class ReauthRequired(AuthkeepError):
     detail = "This action needs a recent sign-in. Sign in again, then retry."
 
 
+class AdminMfaRequired(AuthkeepError):
+    code = "admin_mfa_required"
+    status_code = 403
+    detail = "Admin actions need multi-factor authentication. Turn on MFA for your account first."
+
+
 class Conflict(AuthkeepError):
     code = "conflict"
     status_code = 409
