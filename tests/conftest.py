@@ -199,6 +199,10 @@ def make_settings(tmp_path: Path):  # type: ignore[no-untyped-def]
         overrides.setdefault("api_limit_per_ip", 10_000)
         overrides.setdefault("api_limit_per_owner", 10_000)
         overrides.setdefault("api_limit_per_key", 10_000)
+        # Many tests make dozens of failures on one account (enumeration trials, FI-RACE-03's
+        # 200 concurrent guesses, the 101 of CHK-BF-01): no progressive waits for them. The
+        # delay tests (tests/users/test_sign_in_delays.py) pass the real schedule explicitly.
+        overrides.setdefault("login_delay_base_seconds", 0.0)
         return load_settings(**overrides)
 
     return build

@@ -70,6 +70,7 @@ def test_production_strict_bootstrap_exits_nonzero_naming_each_failure(
 
 
 def test_production_requires_its_secret(tmp_path: Path, sqlite_url: str):
+    """CHK-CR-04: production never generates its secret (no dev default): it exits 1."""
     env = {"AUTHKEEP_ENV": "production", "DATABASE_URL": sqlite_url}
     server = ServerProcess(tmp_path, env).start(wait=False)
     assert server.process is not None

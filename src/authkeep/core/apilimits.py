@@ -20,6 +20,8 @@ decide whether a request is limited at all. Every limited answer carries `RateLi
 `RateLimit-Remaining` and `RateLimit-Reset` (seconds until the oldest counted request leaves the
 window); a refusal is 429 `rate_limited` with `Retry-After`. When the limiter's store (Redis)
 does not answer, limited routes answer 503 `rate_limiter_unavailable`: limits fail closed.
+Each refused request counts once in `authkeep_rate_limited_total` (`core.metrics`), under the
+bucket that refused it: `api_ip`, `api_owner` or `api_key`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authkeep.config import Settings
 from authkeep.core.clientip import limiter_key
+from authkeep.core.metrics import metrics_for
 from authkeep.core.ratelimit import Decision, MemoryRateLimiter, RateLimiter
 from authkeep.core.request_context import request_ip
 from authkeep.errors import AuthkeepError, LimiterUnavailable, RateLimited, error_response
@@ -48,7 +51,14 @@ _SLASHES = re.compile(r"/{2,}")
 
 
 class ApiRateLimited(RateLimited):
+    """Refused by one of these limits; `limiter` is its name in the metrics (`api_ip`,
+    `api_owner` or `api_key`)."""
+
     detail = "Too many requests. Wait before trying again."
+
+    def __init__(self, retry_after: int, limiter: str) -> None:
+        super().__init__(retry_after)
+        self.limiter = limiter
 
 
 def normalised_path(path: str) -> str:
@@ -116,20 +126,34 @@ def ip_bucket(request: Request) -> str:
     return f"api:ip:{limiter_key(request_ip(request))}"
 
 
-async def _charge(request: Request, charge: Charge, buckets: Iterable[tuple[str, int]]) -> None:
-    """Charge one unit to each bucket in turn; on a refusal take back what was charged and
-    raise 429 (the refused request costs nothing)."""
+async def _charge(
+    request: Request, charge: Charge, buckets: Iterable[tuple[str, int, str]]
+) -> None:
+    """Charge one unit to each (bucket, limit, metric name) in turn; on a refusal take back
+    what was charged and raise 429 (the refused request costs nothing). The caller counts the
+    refusal in the metrics once it is the answer."""
     limiter = api_limiter_for(request.app)
     window = _settings(request).api_limit_window_seconds
     charged: list[str] = []
-    for bucket, limit in buckets:
+    for bucket, limit, name in buckets:
         decision = await limiter.hit(bucket, limit, window)
         charge.record(decision, limit)
         if not decision.allowed:
             for taken in charged:
                 await limiter.refund(taken)
-            raise ApiRateLimited(decision.retry_after)
+            raise ApiRateLimited(decision.retry_after, name)
         charged.append(bucket)
+
+
+async def _charge_identity(
+    request: Request, charge: Charge, buckets: Iterable[tuple[str, int, str]]
+) -> None:
+    """`_charge` for an authenticated identity: a refusal always becomes the answer (429)."""
+    try:
+        await _charge(request, charge, buckets)
+    except ApiRateLimited as refused:
+        metrics_for(request.app).refused(refused.limiter)
+        raise
 
 
 async def charge_session(request: Request, user_id: uuid.UUID) -> None:
@@ -139,7 +163,8 @@ async def charge_session(request: Request, user_id: uuid.UUID) -> None:
         return
     charge.identity = True
     settings = _settings(request)
-    await _charge(request, charge, [(f"api:owner:{user_id}", settings.api_limit_per_owner)])
+    owner = (f"api:owner:{user_id}", settings.api_limit_per_owner, "api_owner")
+    await _charge_identity(request, charge, [owner])
 
 
 async def charge_api_key(request: Request, key_id: uuid.UUID, user_id: uuid.UUID) -> None:
@@ -151,12 +176,12 @@ async def charge_api_key(request: Request, key_id: uuid.UUID, user_id: uuid.UUID
         return
     charge.identity = True
     settings = _settings(request)
-    await _charge(
+    await _charge_identity(
         request,
         charge,
         [
-            (f"api:key:{key_id}", settings.api_limit_per_key),
-            (f"api:owner:{user_id}", settings.api_limit_per_owner),
+            (f"api:key:{key_id}", settings.api_limit_per_key, "api_key"),
+            (f"api:owner:{user_id}", settings.api_limit_per_owner, "api_owner"),
         ],
     )
 
@@ -223,9 +248,8 @@ class ApiLimitMiddleware:
         """Charge the client IP's bucket; the error to answer with when refused or when the
         limiter is down, else None."""
         try:
-            await _charge(
-                request, charge, [(ip_bucket(request), _settings(request).api_limit_per_ip)]
-            )
+            bucket = (ip_bucket(request), _settings(request).api_limit_per_ip, "api_ip")
+            await _charge(request, charge, [bucket])
         except (ApiRateLimited, LimiterUnavailable) as refusal:
             return refusal
         return None
@@ -234,6 +258,8 @@ class ApiLimitMiddleware:
     async def _answer(
         error: AuthkeepError, charge: Charge, scope: Scope, receive: Receive, send: Send
     ) -> None:
+        if isinstance(error, ApiRateLimited):
+            metrics_for(scope["app"]).refused(error.limiter)
         response = error_response(error, scope.get("state", {}).get("request_id"))
         for name, value in limit_headers(charge):
             response.headers[name.decode()] = value.decode()

@@ -155,7 +155,7 @@ class RedisRateLimiter:
     async def _run(self, key: str, limit: int, window: float, cost: int, record: bool) -> Decision:
         now = "" if self.clock is None else str(round(self.clock() * MICROS))
         args: list[int | str] = [limit, round(window * MICROS), cost, int(record), now]
-        answer = await _guarded(self._decide(keys=self._keys(key), args=args))
+        answer = await guarded(self._decide(keys=self._keys(key), args=args))
         allowed, remaining, retry_after, reset = (int(value) for value in answer)
         return Decision(bool(allowed), remaining, retry_after, reset)
 
@@ -169,13 +169,13 @@ class RedisRateLimiter:
         return await self._run(key, limit, window_seconds, 1, record=False)
 
     async def refund(self, key: str) -> None:
-        await _guarded(self._refund(keys=self._keys(key)))
+        await guarded(self._refund(keys=self._keys(key)))
 
     async def reset(self, key: str) -> None:
-        await _guarded(self.client.delete(*self._keys(key)))
+        await guarded(self.client.delete(*self._keys(key)))
 
 
-async def _guarded(call: Awaitable[T]) -> T:
+async def guarded(call: Awaitable[T]) -> T:
     """Await a Redis call; any Redis or socket failure becomes `LimiterUnavailable` (503)."""
     try:
         return await call

@@ -21,6 +21,7 @@ from typing import Any, cast
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.applications import Starlette
 
+from authkeep.core.metrics import metrics_for
 from authkeep.core.models import utcnow
 from authkeep.core.ratelimit import limiter_for
 from authkeep.errors import ValidationFailed
@@ -125,6 +126,7 @@ class Verifier:
             return Verdict(Outcome.INSUFFICIENT_PERMISSIONS)
         states = await self.hit_rate_limits(snapshot, request.ratelimits)
         if states and states[-1].exceeded:
+            metrics_for(self.app).refused("verify_ratelimit")
             return Verdict(Outcome.RATE_LIMITED, states)
         verdict = await self.charge(snapshot, request.cost, feature)
         verdict.ratelimits = states

@@ -1,7 +1,8 @@
 """Signed-in account actions that need the current password: change password and delete
 account (CHK-PW-05, CHK-PW-09, CHK-SE-05). Routes check for a fresh session (CHK-SE-06) and
 release their request unit of work before calling these, so no connection is held while
-argon2 runs. A wrong current password counts as a failed attempt, per account and per network.
+argon2 runs. A wrong current password counts as a failed attempt, per account, per network and
+in the progressive-delay run of the account's email (`users.delays`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from authkeep.mfa import service as mfa
 from authkeep.sessions.service import ActiveSession
 from authkeep.users import service as users
 from authkeep.users.passwords import ensure_not_too_long, hash_password, validate
-from authkeep.users.signin import Throttled, check_password, hashing, record_failure
+from authkeep.users.signin import check_own_password, hashing
 
 
 class InvalidCurrentPassword(AuthkeepError):
@@ -37,15 +38,9 @@ async def _confirm_password(
     action: str,
 ) -> uuid.UUID:
     """Check the signed-in user's password; returns the attempt's audit row to settle."""
-    ensure_not_too_long(password, settings)
-    user = principal.user
-    try:
-        check = await check_password(
-            database, request, settings, password, action=action, user_id=user.id
-        )
-    except Throttled:
-        await record_failure(database, request, action, outcome="throttled", reason="ip", user=user)
-        raise
+    check = await check_own_password(
+        database, request, settings, principal.user, password, action=action
+    )
     if not check.ok:
         raise InvalidCurrentPassword()
     return check.attempt_id

@@ -34,14 +34,16 @@ from authkeep.config import Settings
 from authkeep.core.clientip import limiter_key
 from authkeep.core.db import Database
 from authkeep.core.mailer import Mail, Mailer, MailNotSent
+from authkeep.core.metrics import metrics_for
 from authkeep.core.models import utcnow
 from authkeep.core.ratelimit import limiter_for
 from authkeep.core.request_context import request_id, request_ip
 from authkeep.core.security import token_digest
-from authkeep.errors import AuthkeepError, RateLimited, ValidationFailed
+from authkeep.errors import AuthkeepError, LimiterUnavailable, RateLimited, ValidationFailed
 from authkeep.mfa import service as mfa
 from authkeep.users import one_time
 from authkeep.users import service as users
+from authkeep.users.delays import delay_key, delays_for
 from authkeep.users.models import OneTimeToken, User
 from authkeep.users.passwords import ensure_not_too_long, hash_password, validate
 from authkeep.users.signin import hashing, record_failure
@@ -115,6 +117,18 @@ async def throttle_mail(
 ) -> None:
     """Count one mail request for this network and this address; raise 429 when either limit
     is used up. Keyed by the address alone, so unknown addresses behave the same (CHK-EN-03)."""
+    refusal = await _mail_refusal(database, request, settings, flow, email)
+    if refusal is not None:
+        limiter, retry_after = refusal
+        metrics_for(request.app).refused(limiter)
+        raise RateLimited(retry_after, "Too many emails requested. Wait before asking again.")
+
+
+async def _mail_refusal(
+    database: Database, request: Request, settings: Settings, flow: str, email: str
+) -> tuple[str, int] | None:
+    """Take one mail from the network's and the address's budgets: None when both allow it,
+    else (the refusing limiter's metric name, seconds to wait), audited as throttled."""
     limiter = limiter_for(request.app)
     network = f"mail:{limiter_key(request_ip(request))}"
     account = f"mail-{flow}:{token_digest(email)}"
@@ -126,10 +140,10 @@ async def throttle_mail(
         reason = "account"
         decision = await limiter.hit(account, MAILS_PER_ACCOUNT_PER_HOUR, ACCOUNT_WINDOW_SECONDS)
     if decision.allowed:
-        return
+        return None
     action = "auth.password.forgot" if flow == RESET else "auth.verify_email.request"
     await record_failure(database, request, action, outcome="throttled", reason=reason, actor=email)
-    raise RateLimited(decision.retry_after, "Too many emails requested. Wait before asking again.")
+    return ("mail_ip" if reason == "ip" else "mail_address"), decision.retry_after
 
 
 def _refusal(user: User | None, flow: str) -> str | None:
@@ -175,9 +189,9 @@ async def queue_sign_up_verification(
     SMTP is unavailable or the address has had its mails for the hour."""
     if base_url is None:
         return
-    try:
-        await throttle_mail(database, request, settings, VERIFY, email)
-    except RateLimited:
+    # Over a mail limit the mail is skipped, not the sign-up: no request was refused, so
+    # nothing is counted in the rate-limit metrics (the audit row says throttled).
+    if await _mail_refusal(database, request, settings, VERIFY, email) is not None:
         return
     background.add_task(send_verification_mail, request, email, base_url)
 
@@ -306,10 +320,10 @@ async def reset_password(
 ) -> int:
     """Set a new password with a reset token. The token is checked first (the policy needs the
     account's address), the hash runs with no connection held, then one unit of work claims
-    the token and calls `users.set_password`: every session ends, the failure count and any
-    forced reset clear (so a locked account is usable again, CHK-BF-03) and other reset links
-    die. Following the link proves the mailbox, so the address counts as verified.
-    Returns the number of sessions ended."""
+    the token and calls `users.set_password`: every session ends, the failure count, the
+    progressive sign-in wait and any forced reset clear (so a locked account is usable again at
+    once, CHK-BF-03) and other reset links die. Following the link proves the mailbox, so the
+    address counts as verified. Returns the number of sessions ended."""
     action = "auth.password.reset"
     ensure_not_too_long(new_password, settings)
     async with database.session_scope() as db:
@@ -337,4 +351,19 @@ async def reset_password(
     except InvalidToken:
         await record_failure(database, request, action, reason="invalid_token", user=owner)
         raise
+    await _end_delay_run(request, settings, user.email)
     return ended
+
+
+async def _end_delay_run(request: Request, settings: Settings, email: str) -> None:
+    """A completed reset also ends the address's progressive sign-in wait, so the owner signs
+    in at once (CHK-BF-03). The reset is committed already: if the delay store (Redis) does
+    not answer, the wait is left to run out by itself rather than failing the reset."""
+    try:
+        await delays_for(request.app).clear(delay_key(settings, email))
+    except LimiterUnavailable:
+        logger.warning(
+            "password reset: the sign-in delay store is unavailable, the account's wait (if "
+            "any) runs out by itself request_id=%s",
+            request_id(request),
+        )

@@ -7,10 +7,13 @@ around the hash — read the user and reserve a failure → close; verify/hash i
 spend the same verification work against a dummy hash, and every one of them gets the same
 `invalid_credentials` answer (CHK-EN-01/02).
 
-Throttling (CHK-BF-01/05/07): each attempt is first counted as a failure — per client IP bucket
-(`core.clientip.limiter_key`, IPv6 by /64) in a sliding one-minute window, and per account by
-one atomic increment of `users.failed_login_count`. A correct password takes the count back.
-An account whose count passes `login_max_failures` is refused until its password is reset.
+Throttling (CHK-BF-01/02/05/07): each attempt is first counted as a failure — per client IP
+bucket (`core.clientip.limiter_key`, IPv6 by /64) in a sliding one-minute window, per sign-in
+identifier in its progressive-delay run (`users.delays`: an attempt made before the run's wait
+is over is refused before any lookup or hashing), and per account by one atomic increment of
+`users.failed_login_count`. A correct password takes the counts back. An account whose count
+passes `login_max_failures` is refused until its password is reset. Every refusal by a limiter
+is counted in `core.metrics`, and so is every sign-in's verdict.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from authkeep.audit import service as audit
 from authkeep.config import Settings
 from authkeep.core.clientip import limiter_key
 from authkeep.core.db import Database
+from authkeep.core.metrics import metrics_for
 from authkeep.core.ratelimit import limiter_for
 from authkeep.core.request_context import request_ip
 from authkeep.core.security import HashingOverloaded, PasswordHashing
@@ -34,6 +38,7 @@ from authkeep.errors import AuthkeepError, RateLimited
 from authkeep.mfa import service as mfa
 from authkeep.users import one_time
 from authkeep.users import service as users
+from authkeep.users.delays import Schedule, delay_key, delays_for, retry_after
 from authkeep.users.models import User
 from authkeep.users.passwords import (
     ensure_not_too_long,
@@ -48,7 +53,18 @@ MFA_CHALLENGE_TTL = timedelta(minutes=5)
 
 
 class Throttled(RateLimited):
+    """Refused by a limiter before any check; `reason` goes in the audit row."""
+
     detail = "Too many attempts from your network. Wait before trying again."
+    reason = "ip"
+
+
+class AccountDelayed(Throttled):
+    """Refused because the identifier's progressive wait is not over (CHK-BF-02). The same for
+    every address, registered or not (CHK-EN-03)."""
+
+    detail = "Too many failed attempts for this account. Wait before trying again."
+    reason = "account_delay"
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,10 @@ async def check_password(
 ) -> PasswordCheck:
     """Throttle, count, audit and verify one password attempt for the account named by
     `email` or `user_id`. Raises `Throttled` (429) when the client's network has used up its
-    failures.
+    failures, `AccountDelayed` (429) when the identifier's progressive wait is not over.
+
+    The delay run is the email's: callers that name the account by `user_id` pass its email
+    too (else it is read first), so every flow shares the sign-in identifier's run.
 
     Every branch does the same work: one unit of work before the hash (look up, count the
     failure up front, write the audit row as a failure) and one argon2 verification (against a
@@ -103,13 +122,22 @@ async def check_password(
     bucket = ip_bucket(request, "password")
     decision = await limiter.hit(bucket, settings.login_ip_failures_per_minute, IP_WINDOW_SECONDS)
     if not decision.allowed:
+        metrics_for(request.app).refused("password_ip")
         raise Throttled(decision.retry_after)
+    try:
+        run = await _delay_run(database, settings, email, user_id)
+        await _admit(request, settings, run)
+    except BaseException:
+        await limiter.refund(bucket)
+        raise
+    delays = delays_for(request.app)
     try:
         user, refusal, attempt_id = await _open_attempt(
             database, request, settings, action, email, user_id
         )
     except BaseException:
         await limiter.refund(bucket)
+        await delays.release(run)
         raise
     passwords = hashing(request)
     stored = user.password_hash if user is not None and refusal is None else None
@@ -118,12 +146,33 @@ async def check_password(
         new_hash = await hash_password(passwords, password) if matches and needs_rehash else None
     except HashingOverloaded:
         await limiter.refund(bucket)
+        await delays.release(run)
         await _abandon_attempt(database, user, attempt_id)
         raise
     if refusal is not None or not matches:
         return PasswordCheck(user, False, refusal or "wrong_password", attempt_id)
     await limiter.refund(bucket)
+    await delays.clear(run)  # a correct password ends the run of failures (CHK-BF-05)
     return PasswordCheck(user, True, "ok", attempt_id, new_hash)
+
+
+async def _delay_run(
+    database: Database, settings: Settings, email: str | None, user_id: uuid.UUID | None
+) -> str:
+    """The key of the delay run this attempt belongs to: the email's."""
+    if email is None and user_id is not None:
+        async with database.session_scope() as db:
+            account = await users.get(db, user_id)
+        email = account.email if account is not None else f"user:{user_id}"
+    return delay_key(settings, email or "")
+
+
+async def _admit(request: Request, settings: Settings, run: str) -> None:
+    """Count the attempt in its delay run, or refuse it while the run's wait is not over."""
+    wait = await delays_for(request.app).admit(run, Schedule.of(settings))
+    if wait > 0:
+        metrics_for(request.app).refused("account_delay")
+        raise AccountDelayed(retry_after(wait))
 
 
 async def _open_attempt(
@@ -195,6 +244,30 @@ async def record_failure(
         )
 
 
+async def check_own_password(
+    database: Database,
+    request: Request,
+    settings: Settings,
+    user: User,
+    password: str,
+    *,
+    action: str,
+) -> PasswordCheck:
+    """A signed-in user's password, checked like any attempt: size cap, throttled, counted
+    per account and in the email's delay run, audited as `action`. A throttled attempt is
+    recorded, then `Throttled` raised; what a wrong password answers is the caller's choice."""
+    ensure_not_too_long(password, settings)
+    try:
+        return await check_password(
+            database, request, settings, password, action=action, email=user.email, user_id=user.id
+        )
+    except Throttled as refused:
+        await record_failure(
+            database, request, action, outcome="throttled", reason=refused.reason, user=user
+        )
+        raise
+
+
 async def sign_in(
     database: Database,
     request: Request,
@@ -206,15 +279,23 @@ async def sign_in(
     """Sign in with email and password: a new session (cookie on `response`, token returned),
     or an MFA challenge. One answer, `invalid_credentials`, for every kind of refusal."""
     ensure_not_too_long(password, settings)
+    metrics = metrics_for(request.app)
     try:
         check = await check_password(
             database, request, settings, password, action="auth.sign_in", email=email
         )
-    except Throttled:
+    except Throttled as refused:
+        metrics.sign_in("throttled")
         await record_failure(
-            database, request, "auth.sign_in", outcome="throttled", reason="ip", actor=email
+            database,
+            request,
+            "auth.sign_in",
+            outcome="throttled",
+            reason=refused.reason,
+            actor=email,
         )
         raise
+    metrics.sign_in("success" if check.ok else "failure")
     if not check.ok or check.user is None:
         raise users.InvalidCredentials()  # the attempt's audit row already says why
     return await _after_password(database, request, response, settings, check.user, check)
@@ -275,6 +356,7 @@ async def sign_up(
         ip_bucket(request, "sign-up"), settings.login_ip_failures_per_minute, IP_WINDOW_SECONDS
     )
     if not decision.allowed:
+        metrics_for(request.app).refused("sign_up_ip")
         await record_failure(
             database, request, "auth.sign_up", outcome="throttled", reason="ip", actor=email
         )
