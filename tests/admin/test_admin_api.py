@@ -16,7 +16,13 @@ from sqlalchemy import select
 
 from authkeep.audit.models import AuditEvent
 from authkeep.users.models import User
-from users.identity_helpers import SAME_ORIGIN, count_rows, database, sign_up, strong_password
+from users.identity_helpers import (
+    count_rows,
+    database,
+    same_origin_csrf,
+    sign_up,
+    strong_password,
+)
 
 START = datetime(2031, 6, 1, 9, 0, tzinfo=UTC)
 # Every admin route but the setup endpoint, which a setup token authorises (test_setup_link).
@@ -293,7 +299,9 @@ async def test_cookie_admin_requests_from_another_site_are_refused(
         f"/api/admin/users/{victim}/disable", headers={"Origin": "https://evil.example"}
     )
     assert (cross.status_code, cross.json()["error"]) == (403, "csrf_rejected")
-    same = await client.post(f"/api/admin/users/{victim}/disable", headers=SAME_ORIGIN)
+    same = await client.post(
+        f"/api/admin/users/{victim}/disable", headers=await same_origin_csrf(client)
+    )
     assert same.status_code == 200
 
 

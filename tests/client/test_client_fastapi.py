@@ -1,7 +1,8 @@
 """The FastAPI/Starlette dependencies (`authkeep.client.fastapi`) protecting a product app that
 asks the real authkeep app (both engines): statuses, the `{"error", "detail"}` body and
 Retry-After by outcome, keys only from headers (CHK-AK-02), sessions by bearer or cookie with
-the CSRF rule (CHK-CK-02), failing closed when authkeep cannot answer.
+the CSRF rule: same site and the session's CSRF token (CHK-CK-02), failing closed when
+authkeep cannot answer.
 
 No `from __future__ import annotations` here: FastAPI must see the route annotations, which
 name dependencies built inside `product_app`."""
@@ -30,7 +31,7 @@ from authkeep.client.fastapi import (
 from authkeep.keys.format import new_key
 from authkeep.sessions.cookies import PLAIN_NAME
 from keys.key_helpers import create_key
-from users.identity_helpers import client_for, new_user
+from users.identity_helpers import bearer, client_for, new_user, sign_in
 
 PRODUCT_URL = "http://product.test"
 
@@ -192,17 +193,55 @@ async def test_a_session_by_bearer_or_cookie_reaches_the_route(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     email, _, token = await new_user(client)
+    csrf = {"X-CSRF-Token": await csrf_token_of(client, token)}
     async with product(app) as user_agent:
         by_bearer = await user_agent.get("/me", headers={"Authorization": f"Bearer {token}"})
+        bearer_post = await user_agent.post("/me/notes", headers=bearer(token))  # no token needed
         user_agent.cookies.set(PLAIN_NAME, token)
         by_cookie = await user_agent.get("/me")
         same_site_post = await user_agent.post(
-            "/me/notes", headers={"Sec-Fetch-Site": "same-origin"}
+            "/me/notes", headers={"Sec-Fetch-Site": "same-origin", **csrf}
         )
-        same_origin_post = await user_agent.post("/me/notes", headers={"Origin": PRODUCT_URL})
-    for response in (by_bearer, by_cookie, same_site_post, same_origin_post):
+        same_origin_post = await user_agent.post(
+            "/me/notes", headers={"Origin": PRODUCT_URL, **csrf}
+        )
+    for response in (by_bearer, bearer_post, by_cookie, same_site_post, same_origin_post):
         assert response.status_code == 200, response.text
         assert response.json() == {"email": email}
+
+
+async def csrf_token_of(client: httpx.AsyncClient, token: str) -> str:
+    """The session's `csrf_token`, as the browser's script reads it from authkeep."""
+    response = await client.get("/api/auth/session", headers=bearer(token))
+    return str(response.json()["csrf_token"])
+
+
+async def test_a_cookie_post_needs_the_sessions_csrf_token(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """CHK-CK-02 in the product app: a same-site cookie POST without `X-CSRF-Token`, or with
+    another session's token or a made-up one, is refused; the session's own token passes."""
+    email, password, token = await new_user(client)
+    client.cookies.clear()
+    other = (await sign_in(client, email, password)).json()["token"]
+    client.cookies.clear()
+    mine, theirs = await csrf_token_of(client, token), await csrf_token_of(client, other)
+    same_origin = {"Sec-Fetch-Site": "same-origin"}
+    async with product(app) as user_agent:
+        user_agent.cookies.set(PLAIN_NAME, token)
+        missing = await user_agent.post("/me/notes", headers=same_origin)
+        foreign = await user_agent.post(
+            "/me/notes", headers={**same_origin, "X-CSRF-Token": theirs}
+        )
+        made_up = await user_agent.post(
+            "/me/notes", headers={**same_origin, "X-CSRF-Token": "0" * 64}
+        )
+        right = await user_agent.post("/me/notes", headers={**same_origin, "X-CSRF-Token": mine})
+    refused(missing, 403, "csrf_rejected")
+    assert "X-CSRF-Token" in missing.json()["detail"]
+    refused(foreign, 403, "csrf_rejected")
+    refused(made_up, 403, "csrf_rejected")
+    assert (right.status_code, right.json()) == (200, {"email": email})
 
 
 @pytest.mark.parametrize(
@@ -217,12 +256,14 @@ async def test_a_session_by_bearer_or_cookie_reaches_the_route(
 async def test_a_cross_site_cookie_post_is_refused(
     app: FastAPI, client: httpx.AsyncClient, headers: dict[str, str]
 ) -> None:
-    """CHK-CK-02 in the product app: the cookie alone never authorises an unsafe request from
-    another site."""
+    """CHK-CK-02 in the product app: the cookie never authorises an unsafe request from
+    another site, even with the session's CSRF token."""
     _, _, token = await new_user(client)
+    csrf = {"X-CSRF-Token": await csrf_token_of(client, token)}
     async with product(app) as user_agent:
         user_agent.cookies.set(PLAIN_NAME, token)
-        refused(await user_agent.post("/me/notes", headers=headers), 403, "csrf_rejected")
+        for sent in (headers, {**headers, **csrf}):
+            refused(await user_agent.post("/me/notes", headers=sent), 403, "csrf_rejected")
 
 
 async def test_no_or_an_ended_session_is_401(app: FastAPI, client: httpx.AsyncClient) -> None:

@@ -28,6 +28,10 @@ def test_importing_the_client_loads_neither_the_server_app_nor_the_database_laye
 def test_session_info_mirrors_the_server_session_answer() -> None:
     client_schema = SessionInfo.model_json_schema()
     server_schema = CurrentSessionRead.model_json_schema()
+    assert client_schema["properties"].keys() == server_schema["properties"].keys()
+    assert client_schema["required"] == server_schema["required"]
+    assert client_schema["properties"]["csrf_token"]["type"] == "string"
+    assert server_schema["properties"]["csrf_token"]["type"] == "string"
     for model in ("user", "session"):
         client_ref = client_schema["properties"][model]["$ref"].rsplit("/", 1)[1]
         server_ref = server_schema["properties"][model]["$ref"].rsplit("/", 1)[1]

@@ -28,12 +28,12 @@ from key_helpers import (
 from admin.admin_helpers import signed_in_admin
 from authkeep.keys.models import ApiKey
 from users.identity_helpers import (
-    SAME_ORIGIN,
     audit_rows,
     bearer,
     client_for,
     count_rows,
     new_user,
+    same_origin_csrf,
 )
 
 START = datetime(2031, 6, 1, 9, 0, tzinfo=UTC)
@@ -171,7 +171,9 @@ async def test_cookie_requests_from_another_site_are_refused(
     )
     assert (cross_site.status_code, cross_site.json()["error"]) == (403, "csrf_rejected")
     assert await count_rows(app, ApiKey) == 0
-    same_site = await client.post(KEYS, json={"name": "mine"}, headers=SAME_ORIGIN)
+    same_site = await client.post(
+        KEYS, json={"name": "mine"}, headers=await same_origin_csrf(client)
+    )
     register_key(same_site)
 
 

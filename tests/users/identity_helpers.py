@@ -38,6 +38,15 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def same_origin_csrf(client: httpx.AsyncClient) -> dict[str, str]:
+    """The headers a page of this site sends with a cookie request that changes state: the
+    same-origin `Sec-Fetch-Site` and the session's CSRF token, read the way the page reads it
+    (`GET /api/auth/session` with the cookie in `client`'s jar)."""
+    response = await client.get("/api/auth/session")
+    assert response.status_code == 200, response.text
+    return {**SAME_ORIGIN, "X-CSRF-Token": SCAN.register(response.json()["csrf_token"])}
+
+
 def database(app: FastAPI) -> Database:
     db: Database = app.state.database
     return db

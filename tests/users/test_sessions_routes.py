@@ -1,6 +1,7 @@
 """Sessions through `/api/auth` (CHK-SE-01..04, 07, 08, CHK-CK-01/02, FI-RACE-06): opaque
 tokens stored as digests, rotation at sign-in, timeouts, sign-out, listing and revoking, the
-per-user cap, cookie attributes, the CSRF rule for cookie requests, and renewal writes."""
+per-user cap, cookie attributes, the same-site half of the CSRF rule for cookie requests, and
+renewal writes."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from identity_helpers import (
     database,
     new_email,
     new_user,
+    same_origin_csrf,
     sign_in,
     sign_up,
     started_app,
@@ -140,7 +142,8 @@ async def test_sign_out_ends_the_session_and_clears_the_cookie_CHK_SE_04(
 
     # Cookie flavour: the replayed cookie fails after sign-out.
     cookie = (await sign_in(client, email, password)).json()["token"]
-    assert (await client.post("/api/auth/sign-out", headers=SAME_ORIGIN)).status_code == 204
+    page = await same_origin_csrf(client)
+    assert (await client.post("/api/auth/sign-out", headers=page)).status_code == 204
     client.cookies.set("authkeep_session", cookie)
     assert (await client.get("/api/auth/session")).status_code == 401
     assert [e.outcome for e in await audit_rows(app, "auth.sign_out")] == ["success", "success"]
@@ -228,7 +231,8 @@ async def test_cookie_attributes_CHK_CK_01(app: FastAPI, base_url: str, name: st
         assert ("secure" in attrs) is secure
         # The cookie alone authenticates a safe request.
         assert (await client.get("/api/auth/session")).status_code == 200
-        out = await client.post("/api/auth/sign-out", headers=SAME_ORIGIN)
+        csrf = {"X-CSRF-Token": response.json()["csrf_token"]}
+        out = await client.post("/api/auth/sign-out", headers={**SAME_ORIGIN, **csrf})
         _n, _v, cleared = parse_set_cookie(out.headers["set-cookie"])
         assert _n == name
         assert ("secure" in cleared) is secure
@@ -237,21 +241,26 @@ async def test_cookie_attributes_CHK_CK_01(app: FastAPI, base_url: str, name: st
 async def test_cookie_requests_that_change_state_need_same_site_CHK_CK_02(
     app: FastAPI, client: httpx.AsyncClient
 ):
+    """The same-site half of the rule, even with the right CSRF token (the token half and the
+    whole matrix: tests/users/test_csrf_token.py)."""
     _email, _password, token = await new_user(client)  # the jar now holds the cookie
+    csrf = {"X-CSRF-Token": (await same_origin_csrf(client))["X-CSRF-Token"]}
     for headers in (
         {"Sec-Fetch-Site": "cross-site"},
         {"Origin": "https://evil.example"},
         {},  # a cookie with neither header is not from a browser page of ours
     ):
-        refused = await client.post("/api/auth/sign-out", headers=headers)
+        refused = await client.post("/api/auth/sign-out", headers={**headers, **csrf})
         assert (refused.status_code, refused.json()["error"]) == (403, "csrf_rejected")
         listed_id = (await client.get("/api/auth/sessions")).json()[0]["id"]
-        refused = await client.delete(f"/api/auth/sessions/{listed_id}", headers=headers)
+        refused = await client.delete(
+            f"/api/auth/sessions/{listed_id}", headers={**headers, **csrf}
+        )
         assert refused.status_code == 403
     # Bearer requests are not cookie requests: unaffected by the CSRF rule.
     cross = {"Sec-Fetch-Site": "cross-site", **bearer(token)}
     assert (await client.get("/api/auth/sessions", headers=cross)).status_code == 200
-    same = await client.post("/api/auth/sign-out", headers={"Origin": "http://testserver"})
+    same = await client.post("/api/auth/sign-out", headers={"Origin": "http://testserver", **csrf})
     assert same.status_code == 204
 
 

@@ -12,6 +12,7 @@ the same `exception_handlers` to `Starlette(...)`.
 
 from __future__ import annotations
 
+import hmac
 import math
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
@@ -24,7 +25,7 @@ from authkeep.client.client import AuthkeepClient
 from authkeep.client.errors import AuthkeepUnavailable
 from authkeep.client.schemas import SessionInfo
 from authkeep.keys.schemas import Outcome, RateLimitRequest, VerifyResult
-from authkeep.sessions.cookies import SAFE_METHODS, read_cookie
+from authkeep.sessions.cookies import CSRF_HEADER, SAFE_METHODS, other_site, read_cookie
 
 UNAVAILABLE_RETRY_AFTER_SECONDS = 5
 
@@ -158,35 +159,43 @@ def require_api_key(
     return api_key
 
 
-def _cross_site(request: Request, trusted_origins: frozenset[str]) -> bool:
-    """The rule of `authkeep.sessions.cookies.cross_site`, for this app's own origin: an
-    unsafe cookie-authenticated request must say it came from this site or a trusted one."""
-    if request.method in SAFE_METHODS:
-        return False
-    origin = request.headers.get("origin")
-    fetch_site = request.headers.get("sec-fetch-site")
-    if fetch_site is not None:
-        if fetch_site in {"same-origin", "none"}:
-            return False
-        return not (fetch_site == "same-site" and origin in trusted_origins)
-    own = f"{request.url.scheme}://{request.url.netloc}"
-    return origin is None or origin not in {own, *trusted_origins}
+CROSS_SITE = "Cross-site request refused: it did not come from this site or a trusted origin."
+MISSING_CSRF_TOKEN = (
+    "This request signs in with the authkeep session cookie, so it must carry the session's "
+    f"CSRF token in the {CSRF_HEADER} header: `csrf_token` from authkeep's sign-in answer or "
+    "from its GET /api/auth/session."
+)
+WRONG_CSRF_TOKEN = (
+    f"The {CSRF_HEADER} header does not belong to this session. Read `csrf_token` again from "
+    "authkeep's GET /api/auth/session."
+)
+
+
+def _csrf_denied(detail: str) -> AuthkeepDenied:
+    return AuthkeepDenied(403, "csrf_rejected", detail)
 
 
 async def signed_in_session(
     request: Request, client: AuthkeepClient, *, trusted_origins: Iterable[str] = ()
 ) -> SessionInfo:
     """The session of the request's bearer token or authkeep session cookie, or
-    `AuthkeepDenied` (401 without a valid session, 403 for a cross-site cookie request)."""
+    `AuthkeepDenied` (401 without a valid session; 403 `csrf_rejected` for a cookie request
+    that changes state and is cross-site or lacks the session's CSRF token).
+
+    The CSRF checks are authkeep's own (`authkeep.sessions.csrf`), for this app's origin: the
+    same-site rule, and `X-CSRF-Token` equal to the `csrf_token` of the session that
+    authkeep's session check returned."""
     token = _bearer(request)
+    presented: str | None = None
     if token is None:
         token = read_cookie(request)
-        if token is not None and _cross_site(request, frozenset(trusted_origins)):
-            raise AuthkeepDenied(
-                403,
-                "csrf_rejected",
-                "Cross-site request refused: it did not come from this site or a trusted origin.",
-            )
+        if token is not None and request.method not in SAFE_METHODS:
+            own = f"{request.url.scheme}://{request.url.netloc}"
+            if other_site(request, own, frozenset(trusted_origins)):
+                raise _csrf_denied(CROSS_SITE)
+            presented = request.headers.get(CSRF_HEADER)
+            if not presented:
+                raise _csrf_denied(MISSING_CSRF_TOKEN)
     if token is None:
         raise AuthkeepDenied(401, "unauthorized", "Sign in first: no session was sent.")
     try:
@@ -197,6 +206,10 @@ async def signed_in_session(
         raise AuthkeepDenied(
             401, "unauthorized", "Your session has ended or is not valid. Sign in again."
         )
+    if presented is not None and not hmac.compare_digest(
+        presented.encode(), info.csrf_token.encode()
+    ):
+        raise _csrf_denied(WRONG_CSRF_TOKEN)
     return info
 
 

@@ -36,3 +36,5 @@ class SessionDetails(BaseModel):
 class SessionInfo(BaseModel):
     user: SessionUser
     session: SessionDetails
+    # What a cookie request that changes state must send in `X-CSRF-Token`.
+    csrf_token: str

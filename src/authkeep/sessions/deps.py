@@ -1,7 +1,9 @@
-"""Who is calling: a route's signature says it (`principal: CurrentSession`, `admin: AdminSession`).
+"""Who is calling: a route's signature says it (`principal: CurrentSession`, or
+`FreshSession` for sensitive actions). Admin routes use `users.admin_routes.Admin` and
+`FreshAdmin`, which build on these.
 
 The token comes from `Authorization: Bearer …` or the session cookie — never from a URL. Cookie
-requests that change state must pass the CSRF rule in `sessions.cookies`.
+requests that change state must pass the CSRF checks in `sessions.csrf`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from fastapi import Depends, Request
 
 from authkeep.core import apilimits
 from authkeep.core.deps import DB, AppSettings
-from authkeep.errors import CsrfRejected, Forbidden, ReauthRequired, Unauthorized
+from authkeep.errors import ReauthRequired, Unauthorized
 from authkeep.sessions import service as sessions
-from authkeep.sessions.cookies import cross_site, read_cookie
+from authkeep.sessions.cookies import read_cookie
+from authkeep.sessions.csrf import ensure_cookie_request_allowed
 from authkeep.sessions.service import ActiveSession
 
 ADMIN_ROLE = "admin"
@@ -32,8 +35,8 @@ async def current_session(request: Request, db: DB, settings: AppSettings) -> Ac
     token = bearer_token(request)
     if token is None:
         token = read_cookie(request)
-        if token is not None and cross_site(request, settings):
-            raise CsrfRejected()
+        if token is not None:
+            ensure_cookie_request_allowed(request, settings, token)
     if token is None:
         raise Unauthorized()
     active = await sessions.authenticate(db, token, settings)
@@ -54,12 +57,3 @@ async def fresh_session(principal: CurrentSession, settings: AppSettings) -> Act
 
 
 FreshSession = Annotated[ActiveSession, Depends(fresh_session)]
-
-
-async def admin_session(principal: CurrentSession) -> ActiveSession:
-    if principal.user.role != ADMIN_ROLE:
-        raise Forbidden("Only admins may do this.")
-    return principal
-
-
-AdminSession = Annotated[ActiveSession, Depends(admin_session)]

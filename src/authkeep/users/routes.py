@@ -1,14 +1,14 @@
-"""`/api/auth`: sign-up, sign-in, sign-out, the current session, own sessions, change
-password, delete account.
+"""`/api/auth`: sign-up, sign-in, sign-out, re-authentication, the current session, own
+sessions, change password, delete account.
 
 Browsers authenticate with the HttpOnly session cookie; everything else sends
 `Authorization: Bearer <token>`. Sign-in returns the token in the JSON body as well as in the
 cookie, so API clients need no cookie jar. Sign-up never signs in (the client signs in next),
 so its answer cannot differ between new and existing emails. Every response is `no-store`.
 
-Routes that hash (sign-in, sign-up, change password, delete account) never hold a database
-connection across the hash: the first two do not use the request unit of work at all, the last
-two commit it right after checking the session.
+Routes that hash (sign-in, sign-up, re-authenticate, change password, delete account) never
+hold a database connection across the hash: the first two do not use the request unit of work
+at all, the others commit it right after checking the session.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from authkeep.config import Settings
 from authkeep.core.deps import DB, AppDatabase, AppSettings
 from authkeep.errors import AuthkeepError, CsrfRejected, NotFound, ReauthRequired
 from authkeep.sessions import service as sessions
-from authkeep.sessions.cookies import clear_session_cookie, own_origin
-from authkeep.sessions.deps import CurrentSession, FreshSession
+from authkeep.sessions.cookies import clear_session_cookie, cross_site
+from authkeep.sessions.csrf import csrf_token
+from authkeep.sessions.deps import CurrentSession, FreshSession, bearer_token
 from authkeep.sessions.service import ActiveSession
-from authkeep.users import account, email_flows, signin
+from authkeep.users import account, email_flows, reauth, signin
 from authkeep.users.schemas import (
     AccountCreate,
     AccountDelete,
@@ -38,6 +39,7 @@ from authkeep.users.schemas import (
     MfaChallengeRead,
     PasswordChange,
     PasswordChanged,
+    Reauthentication,
     SessionCreate,
     SessionCreated,
     SessionRead,
@@ -115,15 +117,10 @@ router = APIRouter(prefix="/api/auth", tags=["auth"], route_class=AuthRoute)
 
 
 def ensure_same_site_login(request: Request, settings: Settings) -> None:
-    """Login CSRF (CHK-CK-03): a browser that says the form came from another site is refused.
-    Clients that send neither `Sec-Fetch-Site` nor `Origin` (not browsers) are not affected."""
-    fetch_site = request.headers.get("sec-fetch-site")
-    origin = request.headers.get("origin")
-    allowed = {own_origin(request, settings), *settings.trusted_origins}
-    if fetch_site is not None and fetch_site not in {"same-origin", "none"}:
-        if not (fetch_site == "same-site" and origin in settings.trusted_origins):
-            raise CsrfRejected()
-    elif fetch_site is None and origin is not None and origin not in allowed:
+    """Login CSRF (CHK-CK-03): a browser that says the form came from another site is refused
+    (the same-site rule of cookie requests). Clients that send neither `Sec-Fetch-Site` nor
+    `Origin` (not browsers) are not affected: there is no session, so no CSRF token yet."""
+    if cross_site(request, settings, allow_headerless=True):
         raise CsrfRejected()
 
 
@@ -160,11 +157,25 @@ async def create_session(
     result = await signin.sign_in(database, request, response, settings, body.email, body.password)
     if isinstance(result, signin.MfaChallenge):
         return MfaChallengeRead(mfa_token=result.mfa_token)
-    return SessionCreated(
-        token=result.token,
-        session=SessionRead.of(result.session, current_id=result.session.id),
-        user=UserRead.of(result.user),
-    )
+    return SessionCreated.of(result, settings)
+
+
+@router.post("/reauthenticate", response_model=SessionCreated)
+async def reauthenticate(
+    body: Reauthentication,
+    principal: CurrentSession,
+    db: DB,
+    request: Request,
+    response: Response,
+    database: AppDatabase,
+    settings: AppSettings,
+) -> SessionCreated:
+    """Prove who you are again (password, plus a code with MFA on): this session ends and a
+    fresh one replaces it (new token, new `csrf_token`; the cookie too if you sent one)."""
+    await db.commit()  # release the connection before argon2 runs
+    cookie = response if bearer_token(request) is None else None
+    result = await reauth.reauthenticate(database, request, cookie, settings, principal, body)
+    return SessionCreated.of(result, settings)
 
 
 @router.post("/sign-out", status_code=204)
@@ -180,11 +191,13 @@ async def delete_session(
 
 
 @router.get("/session", response_model=CurrentSessionRead)
-async def read_session(principal: CurrentSession) -> CurrentSessionRead:
-    """Who is signed in, and this session's timestamps."""
+async def read_session(principal: CurrentSession, settings: AppSettings) -> CurrentSessionRead:
+    """Who is signed in, this session's timestamps, and its `csrf_token` (for browsers, whose
+    script cannot read the HttpOnly cookie)."""
     return CurrentSessionRead(
         user=UserRead.of(principal.user),
         session=SessionRead.of(principal.session, current_id=principal.session.id),
+        csrf_token=csrf_token(settings, principal.session.token_hash),
     )
 
 
@@ -203,7 +216,7 @@ async def revoke_session(
     request: Request,
     settings: AppSettings,
 ) -> Response:
-    """End one of your sessions. Ending another session needs a fresh sign-in (CHK-SE-06)."""
+    """End one of your sessions. Ending another session needs a fresh session (CHK-SE-06)."""
     is_current = session_id == principal.session.id
     if not is_current and not sessions.is_fresh(principal.session, settings):
         raise ReauthRequired()
@@ -220,7 +233,7 @@ async def revoke_session(
 async def revoke_other_sessions(
     principal: FreshSession, db: DB, request: Request
 ) -> SessionsRevoked:
-    """End every session but this one (needs a fresh sign-in)."""
+    """End every session but this one (needs a fresh session)."""
     ended = await sessions.revoke_all(db, principal.user.id, except_id=principal.session.id)
     await _audit(db, request, principal, "auth.sessions_revoke_others", None, {"ended": ended})
     return SessionsRevoked(revoked=ended)

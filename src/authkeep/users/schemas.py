@@ -11,11 +11,13 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from authkeep.config import Settings
+from authkeep.sessions.csrf import csrf_token
 from authkeep.sessions.models import Session
 from authkeep.users.models import User
-from authkeep.users.service import canonical_email
+from authkeep.users.service import SignInResult, canonical_email
 
 
 def _printable_name(value: str | None) -> str | None:
@@ -70,6 +72,29 @@ class AccountDelete(Strict):
     password: Password
 
 
+class Reauthentication(Strict):
+    """Re-authentication: the password, and when the user has MFA on, one of `code` or
+    `recovery_code`. The code fields have the limits of the MFA routes' codes (`mfa.schemas`
+    imports this module, so they are spelled out here)."""
+
+    password: Password
+    code: str | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="A 6-digit TOTP code, or a recovery code (`xxxxx-xxxxx`).",
+    )
+    recovery_code: str | None = Field(
+        None, min_length=1, max_length=32, description="A recovery code (`xxxxx-xxxxx`)."
+    )
+
+    @model_validator(mode="after")
+    def _at_most_one_code(self) -> Reauthentication:
+        if self.code is not None and self.recovery_code is not None:
+            raise ValueError("send at most one of code and recovery_code")
+        return self
+
+
 class UserRead(BaseModel):
     id: uuid.UUID
     email: str
@@ -114,14 +139,34 @@ class SessionRead(BaseModel):
         )
 
 
+CsrfToken = Annotated[
+    str,
+    Field(
+        description="Send it in the `X-CSRF-Token` header of every request that authenticates "
+        "with the session cookie and is not GET, HEAD or OPTIONS. The same for the whole "
+        "session."
+    ),
+]
+
+
 class SessionCreated(BaseModel):
     """A new session. `token` is the bearer token for non-browser clients; browsers use the
-    HttpOnly cookie set by the same response and can ignore it."""
+    HttpOnly cookie set by the same response and can ignore it, but keep `csrf_token`."""
 
     token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 (a scheme name)
     session: SessionRead
     user: UserRead
+    csrf_token: CsrfToken
+
+    @classmethod
+    def of(cls, result: SignInResult, settings: Settings) -> SessionCreated:
+        return cls(
+            token=result.token,
+            session=SessionRead.of(result.session, current_id=result.session.id),
+            user=UserRead.of(result.user),
+            csrf_token=csrf_token(settings, result.session.token_hash),
+        )
 
 
 class MfaChallengeRead(BaseModel):
@@ -134,6 +179,7 @@ class MfaChallengeRead(BaseModel):
 class CurrentSessionRead(BaseModel):
     user: UserRead
     session: SessionRead
+    csrf_token: CsrfToken
 
 
 class SessionsRevoked(BaseModel):

@@ -1,5 +1,6 @@
 """Accounts: the canonical email, creating users, setting passwords, deleting accounts, the
-per-account failure counter, and the last step of every sign-in (`complete_sign_in`).
+per-account failure counter, and the last step of every sign-in and re-authentication
+(`complete_sign_in`).
 
 Canonical email (RELIABILITY BI-10). Uniqueness is decided on this one form, computed by
 `canonical_email` and stored in `users.email`:
@@ -320,33 +321,38 @@ _REVOKE_PRESENTED = (
 async def complete_sign_in(
     database_or_db: Database | AsyncSession,
     request: Request,
-    response: Response,
+    response: Response | None,
     user: User | CountedAccount,
     settings: Settings,
     *,
     method: str = "password",
     attempt_id: uuid.UUID | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> SignInResult:
-    """Start a session for a user who proved who they are (password, then MFA if enabled).
+    """Start a session for a user who proved who they are (password, then MFA if enabled; or
+    again, to re-authenticate).
 
     Ends any session cookie sent along, clears the failure count, records the sign-in, sets the
-    session cookie on `response` and returns the token for the JSON body. Callers hash (or
-    rehash) before calling: this runs inside a unit of work. Refuses users disabled or deleted
-    since their credentials were checked (`InvalidCredentials`) and users who must reset their
-    password or confirm their email (that refusal): the error leaves the unit of work, which
-    rolls back (`session_scope` does), so nothing of the attempt is kept. `attempt_id` is the
-    sign-in's audit row when one was already written (the password step); without it a new
-    `auth.sign_in` row is added. `result.user` and `result.session` are snapshots of the rows
-    as written, not attached to the unit of work.
+    session cookie on `response` (None: no cookie, for a bearer client re-authenticating) and
+    returns the token for the JSON body. Callers hash (or rehash) before calling: this runs
+    inside a unit of work. Refuses users disabled or deleted since their credentials were
+    checked (`InvalidCredentials`) and users who must reset their password or confirm their
+    email (that refusal): the error leaves the unit of work, which rolls back (`session_scope`
+    does), so nothing of the attempt is kept. `attempt_id` is the attempt's audit row when one
+    was already written (the password step); without it a new `auth.sign_in` row is added.
+    Either way the row says `method`, plus `detail`. `result.user` and `result.session` are
+    snapshots of the rows as written, not attached to the unit of work.
     """
+    settled = {"method": method, **(detail or {})}
     if isinstance(database_or_db, Database):
         async with database_or_db.session_scope() as db:
-            result = await _start_session(db, request, user.id, settings, method, attempt_id)
+            result = await _start_session(db, request, user.id, settings, settled, attempt_id)
     else:
         result = await _start_session(
-            database_or_db, request, user.id, settings, method, attempt_id
+            database_or_db, request, user.id, settings, settled, attempt_id
         )
-    set_session_cookie(response, request, settings, result.token)
+    if response is not None:
+        set_session_cookie(response, request, settings, result.token)
     return result
 
 
@@ -355,10 +361,10 @@ async def _start_session(
     request: Request,
     user_id: uuid.UUID,
     settings: Settings,
-    method: str,
+    detail: dict[str, Any],
     attempt_id: uuid.UUID | None,
 ) -> SignInResult:
-    user = await _mark_signed_in(db, user_id)
+    user = await _mark_signed_in(db, user_id, settings.login_max_failures)
     if user is None:
         raise InvalidCredentials()
     refusal = sign_in_refusal(user, settings)
@@ -368,7 +374,6 @@ async def _start_session(
     token, session = await sessions.create(
         db, user, settings, ip=request_ip(request), user_agent=user_agent(request)
     )
-    detail = {"method": method}
     if attempt_id is not None:
         await finish_attempt(db, attempt_id, "success", detail, target=str(session.id))
     else:
@@ -387,18 +392,26 @@ async def _start_session(
 
 _MARK_SIGNED_IN = (
     update(User)
-    .where(User.id == bindparam("uid"), User.deleted_at.is_(None), User.disabled_at.is_(None))
+    .where(
+        User.id == bindparam("uid"),
+        User.deleted_at.is_(None),
+        User.disabled_at.is_(None),
+        # Locked meanwhile (CHK-BF-01/06), e.g. by wrong passwords between an MFA challenge
+        # and its second step. A password sign-in gets here with its count at most the max.
+        User.failed_login_count <= bindparam("max_failures"),
+    )
     .values(failed_login_count=0, last_login_at=bindparam("now"))
     .returning(*User.__table__.c)
 )
 
 
-async def _mark_signed_in(db: AsyncSession, user_id: uuid.UUID) -> User | None:
-    """Clear the failure count and set `last_login_at`, unless the account was disabled or
-    deleted meanwhile; returns the user as that statement left it (a snapshot, not attached
-    to `db`), or None."""
+async def _mark_signed_in(db: AsyncSession, user_id: uuid.UUID, max_failures: int) -> User | None:
+    """Clear the failure count and set `last_login_at`, unless the account was disabled,
+    deleted or locked meanwhile; returns the user as that statement left it (a snapshot, not
+    attached to `db`), or None."""
     conn = await db.connection()
-    row = (await conn.execute(_MARK_SIGNED_IN, {"uid": user_id, "now": utcnow()})).first()
+    values = {"uid": user_id, "now": utcnow(), "max_failures": max_failures}
+    row = (await conn.execute(_MARK_SIGNED_IN, values)).first()
     return User(**row._asdict()) if row is not None else None
 
 
