@@ -18,13 +18,15 @@ SECURITY_HEADERS = {
     "strict-transport-security": "max-age=31536000; includeSubDomains",
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    "referrer-policy": "strict-origin-when-cross-origin",
+    "referrer-policy": "no-referrer",
 }
 
 
 @pytest.fixture
 def authkeep_server(tmp_path: Path, sqlite_url: str) -> Iterator[ServerProcess]:
-    with ServerProcess(tmp_path, {"DATABASE_URL": sqlite_url}) as server:
+    # Metrics on: the proxy must keep /metrics from the outside even then.
+    env = {"DATABASE_URL": sqlite_url, "AUTHKEEP_METRICS_ENABLED": "true"}
+    with ServerProcess(tmp_path, env) as server:
         yield server
 
 
@@ -115,6 +117,16 @@ def test_the_other_authkeep_paths_are_routed(caddy_url: str) -> None:
     assert docs.status_code == 200
     assert "https://cdn.jsdelivr.net" in docs.headers["content-security-policy"]
     assert_security_headers(docs)
+    redoc = httpx.get(f"{caddy_url}/redoc")
+    assert redoc.status_code == 200
+    assert "https://fonts.googleapis.com" in redoc.headers["content-security-policy"]
+    # The pages the emailed reset and verification links open, with authkeep's own nonce CSP.
+    for page in ("/reset-password", "/verify-email"):
+        opened = httpx.get(caddy_url + page)
+        assert opened.status_code == 200, page
+        assert opened.headers["content-type"].startswith("text/html")
+        assert "script-src 'nonce-" in opened.headers["content-security-policy"]
+        assert_security_headers(opened)
     # /api/* reaches authkeep even where authkeep has no route: its own JSON 404.
     missing = httpx.get(f"{caddy_url}/api/no-such-route")
     assert missing.status_code == 404
@@ -130,6 +142,23 @@ def test_other_paths_are_answered_by_caddy_not_routed_to_authkeep(
     assert response.status_code == 404
     assert response.json() == {"error": "not_found", "detail": "Nothing is served at this path."}
     assert_security_headers(response)
+
+
+def test_metrics_are_served_to_the_host_but_not_through_caddy_CHK_API_07(
+    caddy_url: str, authkeep_server: ServerProcess
+) -> None:
+    """With AUTHKEEP_METRICS_ENABLED the server answers /metrics on its own port, and the
+    generated Caddyfile never forwards it: the internet gets Caddy's 404."""
+    direct = httpx.get(f"{authkeep_server.url}/metrics")
+    assert direct.status_code == 200
+    assert "authkeep_rate_limited_total" in direct.text
+    for path in ("/metrics", "/metrics/", "/METRICS", "//metrics"):
+        response = httpx.get(caddy_url + path)
+        assert response.status_code == 404, path
+        assert response.json() == {
+            "error": "not_found",
+            "detail": "Nothing is served at this path.",
+        }
 
 
 def test_site_address_is_domain_variable_else_the_rendered_domain(tmp_path: Path) -> None:
