@@ -198,17 +198,20 @@ async def test_sixteen_concurrent_spends_of_one_recovery_code_succeed_once_FI_RA
     released together, 50 trials (a new set of codes every 10): exactly one succeeds."""
     user = await mfa_user(client, code_watch)
     user_id = (await user_row(app, user.email)).id
+    settings = app.state.settings
     codes: list[str] = []
     wins = []
     for _trial in range(SERVICE_RACE_TRIALS):
         if not codes:
             async with database(app).session_scope() as db:
-                codes = register_recovery_codes(await mfa.replace_recovery_codes(db, user_id))
+                codes = register_recovery_codes(
+                    await mfa.replace_recovery_codes(db, user_id, settings)
+                )
         code = codes.pop()
 
         async def attempt(_index: int, code: str = code) -> int:
             async with database(app).session_scope() as db:
-                return int(await mfa.use_recovery_code(db, user_id, code))
+                return int(await mfa.use_recovery_code(db, user_id, code, settings))
 
         wins.append((await released_together(16, attempt))[1])
     assert wins == [1] * SERVICE_RACE_TRIALS

@@ -95,7 +95,7 @@ async def test_the_session_routes_work_the_same_after_mfa(
         user = await mfa_user(client, code_watch)
         before = await client.get("/api/auth/session", headers=bearer(user.token))
         assert before.status_code == 200
-        assert set(before.json()) == {"user", "session"}
+        assert set(before.json()) == {"user", "session", "csrf_token"}
 
         traveller.shift(STEP)
         mfa_token = await challenge(client, user.email, user.password)
@@ -103,7 +103,7 @@ async def test_the_session_routes_work_the_same_after_mfa(
         client.cookies.clear()
         me = await client.get("/api/auth/session", headers=bearer(token))
         assert me.status_code == 200
-        assert set(me.json()) == {"user", "session"}
+        assert set(me.json()) == {"user", "session", "csrf_token"}
         assert me.json()["user"]["email"] == user.email
         listed = await client.get("/api/auth/sessions", headers=bearer(token))
         assert listed.status_code == 200

@@ -111,8 +111,29 @@ async def test_confirm_turns_mfa_on_and_gives_ten_recovery_codes(
     events = await audit_rows(app, "auth.mfa.confirm")
     assert [(e.outcome, e.detail) for e in events] == [
         ("failure", {"reason": "wrong_code"}),
-        ("success", None),
+        ("success", {"sessions_ended": 0}),
     ]
+
+
+async def test_turning_mfa_on_ends_every_other_session_CHK_AC_06(
+    app: FastAPI, client: httpx.AsyncClient, code_watch: CodeWatch
+):
+    """Sessions started before MFA was on never passed a second step: confirming ends all of
+    them but the one that confirmed, which just proved the new factor. Every session of an
+    account with MFA on has passed it (what the admin MFA requirement relies on)."""
+    email, password, token = await new_user(client)
+    others = []
+    for _ in range(2):
+        client.cookies.clear()  # a sign-in ends the session whose cookie it carries
+        others.append((await sign_in(client, email, password)).json()["token"])
+    client.cookies.clear()
+    secret = (await enrol(client, token)).json()["secret"]
+    assert (await confirm(client, token, code_watch.add(totp(secret).now()))).status_code == 200
+    for other in others:
+        assert (await client.get("/api/auth/session", headers=bearer(other))).status_code == 401
+    assert (await client.get("/api/auth/session", headers=bearer(token))).status_code == 200
+    events = await audit_rows(app, "auth.mfa.confirm")
+    assert [(e.outcome, e.detail) for e in events] == [("success", {"sessions_ended": 2})]
 
 
 async def test_a_new_enrolment_replaces_an_unconfirmed_one(
@@ -159,7 +180,7 @@ async def test_the_seed_is_encrypted_at_rest_CHK_CR_03(
     assert crypto.encrypt_seed(own_key, secret, factor.user_id) != stored
 
 
-async def test_a_changed_secret_key_leaves_recovery_codes_working(
+async def test_a_changed_secret_key_makes_seeds_and_recovery_codes_unusable(
     app: FastAPI,
     client: httpx.AsyncClient,
     migrated_url: str,
@@ -167,8 +188,9 @@ async def test_a_changed_secret_key_leaves_recovery_codes_working(
     code_watch: CodeWatch,
 ):
     """A server with another `AUTHKEEP_SECRET_KEY` cannot read the stored seed: a TOTP code
-    gets 500 `mfa_seed_unreadable` (not a wrong-code answer), and a recovery code still signs
-    in, because recovery codes do not depend on the key."""
+    gets 500 `mfa_seed_unreadable` (not a wrong-code answer). Recovery code digests are keyed
+    with the same secret, so a recovery code is refused too, and not spent: back under the
+    original key it still signs in (docs/identity.md, "Secrets at rest")."""
     with time_machine.travel(START, tick=False):
         user = await mfa_user(client, code_watch)
     rotated_key = SCAN.register(f"rotated-secret-key-{secrets.token_hex(16)}")
@@ -180,8 +202,10 @@ async def test_a_changed_secret_key_leaves_recovery_codes_working(
             mfa_token = await challenge(other, user.email, user.password)
             unreadable = await sign_in_mfa(other, mfa_token, user.code())
             assert error(unreadable) == (500, "mfa_seed_unreadable")
-            recovered = await sign_in_mfa(other, mfa_token, user.recovery_codes[0])
-            assert recovered.status_code == 200
+            refused = await sign_in_mfa(other, mfa_token, user.recovery_codes[0])
+            assert error(refused) == (401, "invalid_mfa_code")
+    mfa_token = await challenge(client, user.email, user.password)
+    assert (await sign_in_mfa(client, mfa_token, user.recovery_codes[0])).status_code == 200
 
 
 async def test_one_step_either_side_is_accepted_two_are_not(

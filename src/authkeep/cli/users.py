@@ -24,7 +24,7 @@ from authkeep.core.bootstrap import select_database
 from authkeep.core.db import Database
 from authkeep.core.security import PasswordHashing
 from authkeep.errors import DatabaseBootstrapError
-from authkeep.users import admin
+from authkeep.users import admin, delays
 from authkeep.users.admin_routes import AdminUserRead
 from authkeep.users.service import InvalidEmail, canonical_email
 
@@ -135,7 +135,7 @@ def create_admin(
     async def work(database: Database) -> admin.Outcome:
         hashing = PasswordHashing(workers=1, queue_limit=4)
         try:
-            return await admin.ensure_admin(database, hashing, settings, canonical, password)
+            outcome = await admin.ensure_admin(database, hashing, settings, canonical, password)
         except admin.PasswordNeeded as exc:
             raise UsageProblem(
                 f"{canonical} has no account yet, so it needs a password: leave out "
@@ -144,6 +144,10 @@ def create_admin(
             ) from exc
         finally:
             hashing.close()
+        if "password" in outcome.changes:
+            # Like a reset: the address's sign-in delay ends too (only reachable in Redis).
+            await delays.end_shared_delay(settings, canonical)
+        return outcome
 
     try:
         outcome = run(out, lambda: with_app_database(settings, work))
@@ -271,3 +275,41 @@ def enable(
     Example: `authkeep users enable alice@example.com`
     """
     _set_disabled(email, json_output, disabled=False)
+
+
+@app.command("reset-mfa")
+def reset_mfa(
+    email: Annotated[str, typer.Argument(help="The user's email address.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Take away a user's second factor: the TOTP factor, the recovery codes and open MFA
+    challenges are deleted and every session ends. The user then signs in with the password
+    alone and can turn MFA on again. For a user who lost both the authenticator and the
+    recovery codes, and for everyone with MFA after AUTHKEEP_SECRET_KEY changed (their seeds
+    and codes no longer verify). Exit 1 when no user has this email.
+
+    Example: `authkeep users reset-mfa alice@example.com`
+    """
+    out, settings = _start(json_output)
+    canonical = _canonical(out, email)
+
+    async def work(database: Database) -> admin.Outcome:
+        async with database.session_scope() as db:
+            user = await admin.find(db, email=canonical)
+            return await admin.reset_mfa(db, user, actor=admin.CLI)
+
+    outcome = run(out, lambda: with_app_database(settings, work))
+    shown = escape(outcome.user.email)
+    text = (
+        f"[green]MFA reset[/] for {shown}; {outcome.sessions_ended} sessions ended."
+        if outcome.changed
+        else f"{shown} had no second factor; {outcome.sessions_ended} sessions ended."
+    )
+    data = {
+        "ok": True,
+        "id": str(outcome.user.id),
+        "email": outcome.user.email,
+        "changed": outcome.changed,
+        "sessions_ended": outcome.sessions_ended,
+    }
+    out.result(data, text)

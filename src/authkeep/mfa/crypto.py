@@ -11,8 +11,11 @@ HMAC-SHA1; HMAC-SHA1 is not a collision use of SHA-1). A code is checked against
 current and next step, in constant time.
 
 Recovery codes: 10 characters from Crockford's base32 alphabet (50 bits) from `secrets`, shown
-as `xxxxx-xxxxx`. Stored as SHA-256 of the user's id and the code, so equal codes of two users
-never collide and one precomputed table cannot serve every user.
+as `xxxxx-xxxxx`. Stored as HMAC-SHA-256 under `AUTHKEEP_SECRET_KEY` of the user's id and the
+code. 50 bits are few enough to try them all against an unkeyed digest, so a copy of the
+database alone must not be enough to check a guess; the user's id keeps equal codes of two
+users apart. Codes stored before the key was used are plain SHA-256 of the same text
+(`legacy_recovery_digest`): still accepted, never written again.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from authkeep.config import Settings
-from authkeep.core.security import token_digest
+from authkeep.core.secrets import secret_for
+from authkeep.core.security import keyed_digest, token_digest
 from authkeep.errors import AuthkeepError, ConfigError
 
 ISSUER = "authkeep"
@@ -48,6 +52,7 @@ AAD_PREFIX = b"authkeep-totp-seed:"
 RECOVERY_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 RECOVERY_LENGTH = 10
 RECOVERY_COUNT = 10
+RECOVERY_DIGEST_LABEL = "authkeep.mfa.recovery-code.v1:"
 # Letters people misread for digits, as Crockford's decoding rules map them.
 _RECOVERY_LOOKALIKES = str.maketrans({"o": "0", "i": "1", "l": "1"})
 _RECOVERY_SEPARATORS = re.compile(r"[\s-]+")
@@ -158,6 +163,19 @@ def normalize_recovery_code(code: str) -> str | None:
     return compact
 
 
-def recovery_digest(user_id: uuid.UUID, code: str) -> str:
-    """The stored form of a normalised recovery code: SHA-256 over the user's id and the code."""
+def recovery_key(settings: Settings) -> str:
+    """The server secret that recovery code digests are keyed with."""
+    return secret_for(settings, "secret_key").get_secret_value()
+
+
+def recovery_digest(key: str, user_id: uuid.UUID, code: str) -> str:
+    """The stored form of a normalised recovery code: HMAC-SHA-256 under the server secret
+    over the user's id and the code (64 hex characters, the width of the column)."""
+    return keyed_digest(key, f"{RECOVERY_DIGEST_LABEL}{user_id.hex}:{code}")
+
+
+def legacy_recovery_digest(user_id: uuid.UUID, code: str) -> str:
+    """The unkeyed form codes issued before keyed digests were stored in: SHA-256 over the
+    user's id and the code. Only looked up, so those codes keep working until used or
+    replaced."""
     return token_digest(f"{user_id.hex}:{code}")

@@ -28,6 +28,7 @@ from authkeep.audit import service as audit
 from authkeep.config import Settings
 from authkeep.core.db import Database
 from authkeep.core.deps import DB, AppDatabase, AppSettings
+from authkeep.core.metrics import metrics_for
 from authkeep.core.ratelimit import limiter_for
 from authkeep.errors import AuthkeepError, RateLimited
 from authkeep.mfa import service as mfa
@@ -40,14 +41,15 @@ from authkeep.mfa.schemas import (
     TotpConfirm,
     TotpEnrolmentCreated,
 )
+from authkeep.sessions import service as sessions
 from authkeep.sessions.deps import CurrentSession, FreshSession
 from authkeep.users import one_time, signin
 from authkeep.users import service as users
 from authkeep.users.account import InvalidCurrentPassword
 from authkeep.users.models import User
-from authkeep.users.passwords import PasswordRejected, ensure_not_too_long, normalize
+from authkeep.users.passwords import PasswordRejected, normalize
 from authkeep.users.routes import AuthRoute, ensure_same_site_login
-from authkeep.users.schemas import SessionCreated, SessionRead, UserRead
+from authkeep.users.schemas import SessionCreated
 
 ACCOUNT_FAILURES = 10
 ACCOUNT_WINDOW_SECONDS = 15 * 60
@@ -106,6 +108,7 @@ async def code_attempt(
     key = _account_key(user.id)
     decision = await limiter.hit(key, ACCOUNT_FAILURES, ACCOUNT_WINDOW_SECONDS)
     if not decision.allowed:
+        metrics_for(request.app).refused("mfa")
         await signin.record_failure(
             database, request, action, outcome="throttled", reason="too_many_codes", user=user
         )
@@ -161,13 +164,18 @@ async def confirm_totp(
     database: AppDatabase,
     settings: AppSettings,
 ) -> RecoveryCodesCreated:
-    """Turn MFA on with a code from the new authenticator; returns 10 recovery codes (once)."""
+    """Turn MFA on with a code from the new authenticator; returns 10 recovery codes (once).
+    Every other session of the account ends: none of them passed a second step."""
     await db.commit()  # refusals are audited in a unit of work of their own
     user = principal.user
     async with code_attempt(database, request, user, "auth.mfa.confirm") as verdict:
         async with database.session_scope() as work:
             codes = await mfa.confirm_enrolment(work, user.id, body.code, settings)
-            outcome, detail = ("success", None) if codes else ("failure", {"reason": "wrong_code"})
+            detail: dict[str, Any] = {"reason": "wrong_code"}
+            if codes is not None:  # sessions of an MFA account passed MFA (CHK-AC-06)
+                ended = await sessions.revoke_all(work, user.id, except_id=principal.session.id)
+                detail = {"sessions_ended": ended}
+            outcome = "failure" if codes is None else "success"
             await _audit(work, request, user, "auth.mfa.confirm", outcome, detail)
         verdict.ok = codes is not None
     if codes is None:
@@ -193,7 +201,7 @@ async def regenerate_recovery_codes(
             await mfa.require_enabled(work, user.id)
             codes = None
             if await mfa.use_totp(work, user.id, body.code, settings):
-                codes = await mfa.replace_recovery_codes(work, user.id)
+                codes = await mfa.replace_recovery_codes(work, user.id, settings)
             outcome, detail = ("success", None) if codes else ("failure", {"reason": "wrong_code"})
             await _audit(work, request, user, action, outcome, detail)
         verdict.ok = codes is not None
@@ -240,19 +248,11 @@ async def disable_totp(
 async def _check_password(
     database: Database, request: Request, settings: Settings, user: User, password: str
 ) -> uuid.UUID:
-    """The signed-in user's password, checked like change-password checks it (counted per
-    account and per network, audited); returns the attempt's audit row to settle."""
-    ensure_not_too_long(password, settings)
-    action = "auth.mfa.disable"
-    try:
-        check = await signin.check_password(
-            database, request, settings, password, action=action, user_id=user.id
-        )
-    except signin.Throttled:
-        await signin.record_failure(
-            database, request, action, outcome="throttled", reason="ip", user=user
-        )
-        raise
+    """The signed-in user's password, checked like change-password checks it; returns the
+    attempt's audit row to settle."""
+    check = await signin.check_own_password(
+        database, request, settings, user, password, action="auth.mfa.disable"
+    )
     if not check.ok:
         raise InvalidCurrentPassword()
     return check.attempt_id
@@ -262,7 +262,7 @@ async def _use_any_code(
     db: AsyncSession, user_id: uuid.UUID, body: MfaDisable, settings: Settings
 ) -> mfa.Factor | None:
     if body.recovery_code is not None:
-        ok = await mfa.use_recovery_code(db, user_id, body.recovery_code)
+        ok = await mfa.use_recovery_code(db, user_id, body.recovery_code, settings)
         return "recovery_code" if ok else None
     return await mfa.use_code(db, user_id, body.code or "", settings)
 
@@ -289,11 +289,7 @@ async def complete_mfa_sign_in(
     wrong code keeps the challenge for another try (at most 5)."""
     ensure_same_site_login(request, settings)
     result = await second_step(database, request, response, settings, body)
-    return SessionCreated(
-        token=result.token,
-        session=SessionRead.of(result.session, current_id=result.session.id),
-        user=UserRead.of(result.user),
-    )
+    return SessionCreated.of(result, settings)
 
 
 async def second_step(
@@ -313,6 +309,7 @@ async def second_step(
     async with code_attempt(database, request, user, SIGN_IN_MFA) as verdict:
         tries = await limiter.hit(tries_key, CHALLENGE_FAILURES, CHALLENGE_WINDOW_SECONDS)
         if not tries.allowed:
+            metrics_for(request.app).refused("mfa_challenge")
             await _end_challenge(database, request, user, body.mfa_token)
             raise MfaChallengeInvalid(TOO_MANY_CODES)
         result = await _judge_code(

@@ -8,7 +8,8 @@ Every code is single use, decided by one conditional UPDATE, so under any number
 attempts exactly one wins on SQLite and PostgreSQL alike (RELIABILITY FI-RACE-01):
 - a TOTP code moves `last_used_step` forward (`IS NULL OR < :step`): the same code twice, or a
   code of an older step than the last one accepted, is refused;
-- a recovery code sets `used_at` where it is still NULL.
+- a recovery code sets `used_at` where it is still NULL. Its row is found by the keyed digest
+  or, for codes issued before digests were keyed, the legacy one, in the same statement.
 Functions here add and flush; the caller's unit of work commits.
 """
 
@@ -166,19 +167,26 @@ async def confirm_enrolment(
         raise MfaNotPending()
     if not await _use_totp(db, user_id, code, settings, confirm=True):
         return None
-    return await replace_recovery_codes(db, user_id)
+    return await replace_recovery_codes(db, user_id, settings)
 
 
-async def use_recovery_code(db: AsyncSession, user_id: uuid.UUID, code: str) -> bool:
-    """Spend one of the user's recovery codes: true exactly once per code."""
+async def use_recovery_code(
+    db: AsyncSession, user_id: uuid.UUID, code: str, settings: Settings
+) -> bool:
+    """Spend one of the user's recovery codes: true exactly once per code. A code stored in
+    the legacy unkeyed form is accepted (and spent) the same way."""
     normal = crypto.normalize_recovery_code(code)
     if normal is None:
         return False
+    digests = (
+        crypto.recovery_digest(crypto.recovery_key(settings), user_id, normal),
+        crypto.legacy_recovery_digest(user_id, normal),
+    )
     claimed = await db.execute(
         update(RecoveryCode)
         .where(
             RecoveryCode.user_id == user_id,
-            RecoveryCode.code_hash == crypto.recovery_digest(user_id, normal),
+            RecoveryCode.code_hash.in_(digests),
             RecoveryCode.used_at.is_(None),
         )
         .values(used_at=utcnow())
@@ -194,15 +202,19 @@ async def use_code(
     recovery code. Returns which kind was accepted, or None."""
     if crypto.totp_code(code) is not None:
         return "totp" if await use_totp(db, user_id, code, settings) else None
-    return "recovery_code" if await use_recovery_code(db, user_id, code) else None
+    return "recovery_code" if await use_recovery_code(db, user_id, code, settings) else None
 
 
-async def replace_recovery_codes(db: AsyncSession, user_id: uuid.UUID) -> list[str]:
-    """Delete the user's recovery codes and store 10 new ones; returns them in plaintext."""
+async def replace_recovery_codes(
+    db: AsyncSession, user_id: uuid.UUID, settings: Settings
+) -> list[str]:
+    """Delete the user's recovery codes (legacy ones included) and store 10 new ones, keyed;
+    returns them in plaintext."""
     await db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+    key = crypto.recovery_key(settings)
     codes = crypto.new_recovery_codes()
     for code in codes:
-        digest = crypto.recovery_digest(user_id, crypto.normalize_recovery_code(code) or code)
+        digest = crypto.recovery_digest(key, user_id, crypto.normalize_recovery_code(code) or code)
         db.add(RecoveryCode(user_id=user_id, code_hash=digest))
     await db.flush()
     return codes

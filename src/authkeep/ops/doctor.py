@@ -150,6 +150,21 @@ def check_proxies_and_origins(settings: Settings, report: Report) -> None:
         report.add("trusted origins", Status.PASS, ", ".join(settings.trusted_origins) or "none")
 
 
+def check_admin_mfa(settings: Settings, report: Report) -> None:
+    """CHK-AC-06: in production, admin powers without a second factor are a warning."""
+    if settings.admin_mfa_required:
+        report.add("admin MFA", Status.PASS, "on: admin routes need MFA on the admin's account")
+    elif settings.is_production:
+        report.add(
+            "admin MFA",
+            Status.WARN,
+            "off: an admin whose account has no MFA can use the admin API",
+            "Have every admin turn on MFA, then set AUTHKEEP_ADMIN_MFA_REQUIRED=true.",
+        )
+    else:
+        report.add("admin MFA", Status.PASS, "off (development)")
+
+
 def _is_private_host(host: str | None) -> bool:
     if not host or host.startswith("/"):
         return True  # a unix socket
@@ -287,6 +302,7 @@ async def run_doctor(settings: Settings) -> Report:
     check_secrets(settings, report)
     check_strict(settings, report)
     check_proxies_and_origins(settings, report)
+    check_admin_mfa(settings, report)
     await check_database_items(settings, report)
     check_backups(settings, report)
     return report

@@ -24,6 +24,7 @@ from authkeep.keys.models import ApiKey
 from authkeep.sessions.deps import ADMIN_ROLE, bearer_token, current_session
 from authkeep.users import admin
 from authkeep.users import service as users
+from authkeep.users.admin_routes import require_admin_mfa
 from authkeep.users.models import User
 
 
@@ -33,13 +34,17 @@ class Caller:
     is_admin: bool
     # The API key the question came with (None: a session).
     key_id: uuid.UUID | None = None
+    # A signed-in admin's request: asking about another user is an admin power, which has to
+    # meet the admin MFA requirement (CHK-AC-06) and is audited when refused.
+    admin_request: Request | None = None
 
     async def subject(self, db: AsyncSession, user_id: uuid.UUID | None) -> User:
         """The user asked about: the caller by default; another user for admins only."""
         if user_id is None or user_id == self.user.id:
             return self.user
-        if not self.is_admin:
+        if not self.is_admin or self.admin_request is None:
             raise Forbidden("You may only check your own entitlements.")
+        await require_admin_mfa(db, self.admin_request, self.user)
         return await admin.find(db, user_id)
 
     async def credits(self, db: AsyncSession) -> int | None:
@@ -68,7 +73,8 @@ async def entitlement_caller(request: Request, db: DB, settings: AppSettings) ->
             raise InvalidApiKey()
         return Caller(owner, is_admin=False, key_id=key.key_id)
     principal = await current_session(request, db, settings)
-    return Caller(principal.user, principal.user.role == ADMIN_ROLE)
+    is_admin = principal.user.role == ADMIN_ROLE
+    return Caller(principal.user, is_admin, admin_request=request if is_admin else None)
 
 
 Asker = Annotated[Caller, Depends(entitlement_caller)]

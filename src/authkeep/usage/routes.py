@@ -31,6 +31,7 @@ from authkeep.usage.schemas import (
     UsageTotals,
 )
 from authkeep.usage.service import Granularity, UsageFilter
+from authkeep.users.admin_routes import require_admin_mfa
 from authkeep.users.routes import AuthRoute
 
 # AuthRoute: request bodies capped, every answer `no-store` (usage is private).
@@ -147,6 +148,8 @@ async def read_usage(
 ) -> Response:
     """Counts per bucket, key and outcome for the signed-in user (admins: any `user_id`)."""
     where = usage_filter(principal, query)
+    if where.user_id != principal.user.id:  # an admin reading another user's usage
+        await require_admin_mfa(db, request, principal.user)
     if where.key_id is not None and not await usage.key_is_users(db, where.key_id, where.user_id):
         raise KeyNotFound()
     rollups = await usage.usage_rows(db, where, limit=MAX_ROWS + 1)

@@ -29,6 +29,7 @@ from authkeep.core.db import Database
 from authkeep.core.models import utcnow
 from authkeep.core.security import PasswordHashing
 from authkeep.errors import Conflict, NotFound, ValidationFailed
+from authkeep.mfa import service as mfa
 from authkeep.sessions import service as sessions
 from authkeep.sessions.deps import ADMIN_ROLE
 from authkeep.sessions.service import ActiveSession
@@ -180,6 +181,21 @@ async def force_password_reset(db: AsyncSession, user: User, *, actor: Actor) ->
     await db.refresh(user)
     detail = {"changed": changed, "sessions_ended": ended}
     await record(db, actor, "admin.user.force_password_reset", user, detail)
+    return Outcome(user, changed, ended)
+
+
+async def reset_mfa(db: AsyncSession, user: User, *, actor: Actor) -> Outcome:
+    """Take a second factor away from a user who lost it (or every factor after a change of
+    AUTHKEEP_SECRET_KEY, which the TOTP seeds and recovery codes depend on): the factor, the
+    recovery codes and open MFA challenges go, and every session ends. The user signs in with
+    the password alone and can turn MFA on again."""
+    changed = await mfa.is_enabled(db, user.id)
+    await mfa.remove(db, user.id)
+    await one_time.revoke_unused(db, user.id, MFA_CHALLENGE)
+    ended = await sessions.revoke_all(db, user.id)
+    await record(
+        db, actor, "admin.user.mfa_reset", user, {"changed": changed, "sessions_ended": ended}
+    )
     return Outcome(user, changed, ended)
 
 

@@ -2,11 +2,12 @@
 sessions, read the audit log.
 
 Who may call (CHK-AC-01, CHK-AC-06): no session → 401; a signed-in non-admin → 403
-`forbidden`; an admin → the route. Actions that change an account also need a fresh session
-(signed in within `AUTHKEEP_SESSION_FRESH_MINUTES`), else 403 `reauth_required`. Refusals of a
-signed-in caller are audited as `admin.access` / `denied`; every action writes one audit row
-(`users.admin`). Reading users and the audit log is not audited: it changes nothing, and
-auditing reads of the audit log would bury the actions in their own echo.
+`forbidden`; with `AUTHKEEP_ADMIN_MFA_REQUIRED`, an admin whose account has no MFA → 403
+`admin_mfa_required`; an admin → the route. Actions that change an account also need a fresh
+session (signed in within `AUTHKEEP_SESSION_FRESH_MINUTES`), else 403 `reauth_required`.
+Refusals of a signed-in caller are audited as `admin.access` / `denied`; every action writes
+one audit row (`users.admin`). Reading users and the audit log is not audited: it changes
+nothing, and auditing reads of the audit log would bury the actions in their own echo.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from authkeep.audit import service as audit
 from authkeep.audit.models import AuditEvent
 from authkeep.config import Role, Settings, resolve_role
-from authkeep.core.deps import DB, AppSettings
-from authkeep.errors import Forbidden, ReauthRequired
+from authkeep.core.deps import DB, AppSettings, get_settings
+from authkeep.errors import AdminMfaRequired, Forbidden, ReauthRequired
 from authkeep.keys.cache import invalidations_for
+from authkeep.mfa import service as mfa
 from authkeep.sessions import service as sessions
 from authkeep.sessions.deps import ADMIN_ROLE, CurrentSession
 from authkeep.sessions.service import ActiveSession
@@ -38,25 +40,38 @@ MAX_USERS_PAGE = 200
 MAX_AUDIT_PAGE = 500
 
 
-async def _deny(db: DB, request: Request, principal: ActiveSession, reason: str) -> None:
+async def _deny(db: AsyncSession, request: Request, caller: User, reason: str) -> None:
     """Audit a refused admin call. Committed here: the refusal rolls the request back."""
     await audit.record(
         db,
         "admin.access",
         "denied",
         request=request,
-        actor_id=principal.user.id,
-        actor=principal.user.email,
+        actor_id=caller.id,
+        actor=caller.email,
         detail={"reason": reason, "method": request.method, "path": request.url.path},
     )
     await db.commit()
 
 
+async def require_admin_mfa(db: AsyncSession, request: Request, admin_user: User) -> None:
+    """With `AUTHKEEP_ADMIN_MFA_REQUIRED`, refuse (and audit) an admin power to an admin whose
+    account has no confirmed MFA factor (CHK-AC-06). Checked on every request, so turning MFA
+    off takes the admin powers away at once. Every use of an admin power calls this: the
+    admin API through `Admin`, and the routes that let an admin read another user's data."""
+    settings = await get_settings(request)
+    if settings.admin_mfa_required and not await mfa.is_enabled(db, admin_user.id):
+        await _deny(db, request, admin_user, "mfa_required")
+        raise AdminMfaRequired()
+
+
 async def admin_principal(principal: CurrentSession, db: DB, request: Request) -> ActiveSession:
-    """The caller, if an admin (role read from the database on every request)."""
+    """The caller, if an admin (role read from the database on every request) who meets the
+    MFA requirement."""
     if principal.user.role != ADMIN_ROLE:
-        await _deny(db, request, principal, "not_admin")
+        await _deny(db, request, principal.user, "not_admin")
         raise Forbidden("Only admins may do this.")
+    await require_admin_mfa(db, request, principal.user)
     return principal
 
 
@@ -68,7 +83,7 @@ async def fresh_admin(
 ) -> ActiveSession:
     """An admin who signed in recently enough for an action that changes an account."""
     if not sessions.is_fresh(principal.session, settings):
-        await _deny(db, request, principal, "reauth_required")
+        await _deny(db, request, principal.user, "reauth_required")
         raise ReauthRequired()
     return principal
 
@@ -216,6 +231,18 @@ async def force_password_reset(
     user = await admin.find(db, user_id)
     actor = admin.Actor.of(principal, request)
     return _changed(await admin.force_password_reset(db, user, actor=actor))
+
+
+@router.post("/users/{user_id}/mfa/reset", response_model=UserChanged)
+async def reset_user_mfa(
+    user_id: uuid.UUID, principal: FreshAdmin, db: DB, request: Request
+) -> UserChanged:
+    """Remove the user's second factor and recovery codes and end all their sessions, for a
+    user who lost both (fresh session; not yourself: turn your own MFA off with your codes)."""
+    if user_id == principal.user.id:
+        raise admin.CannotTargetSelf()
+    user = await admin.find(db, user_id)
+    return _changed(await admin.reset_mfa(db, user, actor=admin.Actor.of(principal, request)))
 
 
 @router.delete("/users/{user_id}/sessions", response_model=SessionsRevoked)
