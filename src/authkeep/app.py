@@ -12,11 +12,12 @@ from fastapi import FastAPI
 
 from authkeep import __version__
 from authkeep.config import Role, Settings, load_settings, resolve_role
-from authkeep.core import health, migrate, redis_client
+from authkeep.core import health, metrics, migrate, redis_client
 from authkeep.core.apilimits import ApiLimitMiddleware
 from authkeep.core.bootstrap import select_database
 from authkeep.core.clientip import parse_networks
 from authkeep.core.db import Database
+from authkeep.core.headers import SecurityHeadersMiddleware, add_cors
 from authkeep.core.mailer import mailer_for
 from authkeep.core.ratelimit import MemoryRateLimiter
 from authkeep.core.ratelimit_redis import RedisRateLimiter
@@ -33,13 +34,14 @@ from authkeep.keys.cache import KeyCache, LocalInvalidations
 from authkeep.mfa import routes as mfa_routes
 from authkeep.plans import routes as plans_routes
 from authkeep.plans.webhooks import WebhookDeliverer
-from authkeep.sessions.cookies import PLAIN_NAME, SECURE_NAME
+from authkeep.sessions.cookies import CSRF_HEADER, PLAIN_NAME, SECURE_NAME, is_https
 from authkeep.tokens import routes as token_routes
 from authkeep.usage import routes as usage_routes
 from authkeep.usage.meter import UsageMeter
 from authkeep.users import admin_routes as admin_api
 from authkeep.users import email_routes
 from authkeep.users import routes as users_routes
+from authkeep.users.delays import MemoryDelays, RedisDelays
 
 logger = logging.getLogger("authkeep")
 
@@ -126,7 +128,8 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
             await app.state.database.dispose()
             app.state.passwords.close()
 
-    app = FastAPI(title="authkeep", version=__version__, lifespan=lifespan)
+    # No trailing-slash redirects: Starlette builds their Location from the Host header (BI-05).
+    app = FastAPI(title="authkeep", version=__version__, lifespan=lifespan, redirect_slashes=False)
     app.state.settings = settings
     app.state.role = role
     app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
@@ -136,6 +139,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         queue_limit=settings.hash_queue_limit,
     )
     app.state.key_cache = KeyCache[object](settings.key_cache_seconds)
+    app.state.metrics = metrics.Metrics()
     install_limits_and_invalidations(app, settings)
     app.state.meter = UsageMeter(settings)
     add_service(app, app.state.meter)
@@ -143,11 +147,18 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     add_service(app, app.state.webhooks)
     app.add_middleware(ApiLimitMiddleware, credential_cookies=(SECURE_NAME, PLAIN_NAME))
     install_error_handlers(app)
+    add_cors(app, settings.trusted_origins, allow_headers=(CSRF_HEADER,))  # CHK-CK-05
     app.add_middleware(RequestIdMiddleware)
+    # Outermost: every answer, the error and limit layers' own too, gets the headers (CHK-CK-04).
+    app.add_middleware(
+        SecurityHeadersMiddleware, is_https=lambda request: is_https(request, settings)
+    )
 
     app.include_router(health.router)
     # The same checks under /api, so a proxy that forwards only /api/* reaches them (seed 002).
     app.include_router(health.router, prefix="/api", include_in_schema=False)
+    if settings.metrics_enabled:  # otherwise 404, like any unknown path (CHK-API-07)
+        app.include_router(metrics.router)
     # The hot path right after health: each router in front of a route costs every request
     # to it a match attempt (about a third of a cache-hit verify when it came after auth).
     app.include_router(verify_routes.router)
@@ -164,16 +175,18 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
 
 
 def install_limits_and_invalidations(app: FastAPI, settings: Settings) -> None:
-    """One node keeps rate-limit counters and cache invalidations in process; with
-    AUTHKEEP_REDIS_URL every node shares them through Redis (SPEC §9)."""
+    """One node keeps rate-limit counters, sign-in delays and cache invalidations in
+    process; with AUTHKEEP_REDIS_URL every node shares them through Redis (SPEC §9)."""
     if settings.redis_url is None:
         app.state.limiter = MemoryRateLimiter()
         app.state.api_limiter = MemoryRateLimiter()  # core.apilimits: a bounded memory of its own
+        app.state.sign_in_delays = MemoryDelays()
         app.state.invalidations = LocalInvalidations(app.state.key_cache)
         return
     client = redis_client.connect(settings.redis_url)
     add_service(app, redis_client.RedisConnection(client))  # stops after its users
     app.state.limiter = app.state.api_limiter = RedisRateLimiter(client)
+    app.state.sign_in_delays = RedisDelays(client)
     app.state.invalidations = RedisInvalidations(client, app.state.key_cache)
     add_service(app, app.state.invalidations)
 

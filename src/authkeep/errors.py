@@ -99,7 +99,10 @@ class CsrfRejected(AuthkeepError):
 class ReauthRequired(AuthkeepError):
     code = "reauth_required"
     status_code = 403
-    detail = "This action needs a recent sign-in. Sign in again, then retry."
+    detail = (
+        "This action needs a recent sign-in. Confirm your password with "
+        "POST /api/auth/reauthenticate (or sign in again), then retry with the new session."
+    )
 
 
 class AdminMfaRequired(AuthkeepError):
