@@ -1,4 +1,4 @@
-"""The app on both engines, in process: health routes, `/docs`, and the one error format."""
+"""The app on both engines, in process: health, `/docs`, the one error format (CHK-LG-04)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A real PostgreSQL stopped under a running server (issue "Foundation", RELIABILITY FI-DB-01).
+"""A real PostgreSQL stopped under a running server (issue "Foundation", FI-DB-01, CHK-LG-04).
 
 While the database is down `/health/db` answers 503 JSON with `Retry-After`; within 2 s of the
 database coming back it answers 200 again; no request ever gets a 500.
