@@ -14,14 +14,13 @@ so these tests run on SQLite only.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import pytest
 from fastapi import FastAPI
-from starlette.types import Message
 
 from authkeep.config import Settings
+from support.asgi import RawAnswer, raw_request
 from support.secrets_scan import FIGURES
 from users.identity_helpers import started_app
 
@@ -85,50 +84,6 @@ HOST_HEADERS: list[dict[str, str]] = [
 REDIRECT_PARAMETERS = ("next", "redirect", "redirect_uri", "return_to", "url", "continue")
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    locations: list[str]
-
-
-async def raw_request(
-    app: FastAPI,
-    method: str,
-    raw_path: str,
-    headers: dict[str, str] | None = None,
-    query: str = "",
-) -> Answer:
-    """One request with exactly this path and these headers, as a server hands it over."""
-    sent = {"host": "testserver", "content-type": "application/json"}
-    sent.update({name.lower(): value for name, value in (headers or {}).items()})
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": unquote(raw_path),
-        "raw_path": raw_path.encode("utf-8"),
-        "root_path": "",
-        "query_string": query.encode("utf-8"),
-        "headers": [(name.encode(), value.encode("utf-8")) for name, value in sent.items()],
-        "client": ("127.0.0.1", 40000),
-        "server": ("testserver", 80),
-    }
-    messages: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"{}", "more_body": False}
-
-    async def send(message: Message) -> None:
-        messages.append(message)
-
-    await app(scope, receive, send)
-    start = messages[0]
-    locations = [v.decode("latin-1") for k, v in start["headers"] if k.lower() == b"location"]
-    return Answer(start["status"], locations)
-
-
 def path_variants(path: str) -> list[str]:
     """The route, with a trailing slash, and with each target in front and behind it."""
     variants = [path, f"{path}/"]
@@ -153,7 +108,7 @@ async def test_a_trailing_slash_is_not_redirected_to_the_host_header_BI_05(
     `http://evil.example/api/auth/session`; now it is a 404 with no Location, and the route
     itself still answers."""
     answer = await raw_request(sqlite_app, "GET", "/api/auth/session/", {"Host": EVIL})
-    assert (answer.status, answer.locations) == (404, [])
+    assert (answer.status, answer.all("location")) == (404, [])
     assert (await raw_request(sqlite_app, "GET", "/api/auth/session", {"Host": EVIL})).status == 401
 
 
@@ -165,7 +120,7 @@ async def test_the_open_redirect_corpus_gets_no_location_anywhere_CHK_CK_06(
     without a trailing slash), in redirect-style query parameters, and in Host /
     X-Forwarded-Host / Forwarded headers: 0 answers carry a Location header, so 0 point off
     the allowlist; none is a 3xx or a 5xx."""
-    answers: list[tuple[str, Answer]] = []
+    answers: list[tuple[str, RawAnswer]] = []
     for method, path in SAMPLE_ROUTES:
         for variant in path_variants(path):
             answers.append((f"{method} {variant}", await raw_request(sqlite_app, method, variant)))
@@ -180,7 +135,7 @@ async def test_the_open_redirect_corpus_gets_no_location_anywhere_CHK_CK_06(
     for target in TARGETS:  # the target as the whole path
         raw = target if target.startswith("/") else f"/{target}"
         answers.append((f"GET {raw}", await raw_request(sqlite_app, "GET", raw)))
-    with_location = [(request, a.locations) for request, a in answers if a.locations]
+    with_location = [(request, a.all("location")) for request, a in answers if a.all("location")]
     unexpected = [(request, a.status) for request, a in answers if not 200 <= a.status < 300]
     unexpected = [
         (request, status) for request, status in unexpected if status not in (401, 404, 405, 422)
