@@ -31,6 +31,7 @@ ADMIN_ROUTES = {
     ("POST", "/api/admin/users/{user_id}/disable"),
     ("POST", "/api/admin/users/{user_id}/enable"),
     ("POST", "/api/admin/users/{user_id}/force-password-reset"),
+    ("POST", "/api/admin/users/{user_id}/mfa/reset"),
     ("DELETE", "/api/admin/users/{user_id}/sessions"),
     ("GET", "/api/admin/audit"),
 }
@@ -233,11 +234,12 @@ async def test_every_admin_action_writes_one_complete_audit_row_CHK_AC_06_CHK_LG
         "disable": "admin.user.disable",
         "enable": "admin.user.enable",
         "force-password-reset": "admin.user.force_password_reset",
+        "mfa/reset": "admin.user.mfa_reset",
     }
     for (method, path), row, request_id in zip(
         [*ACTIONS, *ACTIONS], rows, request_ids, strict=True
     ):
-        action = expected[method if method == "DELETE" else path.rsplit("/", 1)[1]]
+        action = expected[method if method == "DELETE" else path.split("{user_id}/", 1)[1]]
         assert (row.action, row.outcome) == (action, "success")
         assert (row.actor, row.actor_id, row.target) == (admin_email, admin_id, str(victim))
         assert row.at.tzinfo is not None
