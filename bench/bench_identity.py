@@ -112,17 +112,29 @@ def cpu_account(signins: LoadResult, raw: RawHashing, threads: int) -> list[str]
 
 
 async def measure(server: Server, seconds: float, concurrency: int, threads: int) -> None:
-    email = f"bench-{secrets.token_hex(4)}@example.com"
-    password = secrets.token_urlsafe(24)
-    credentials = {"email": email, "password": password}
+    # One account per connection, as many users signing in at once would: concurrent attempts
+    # on one address share its progressive-delay run (users/delays.py), and a burst of more
+    # than `AUTHKEEP_LOGIN_DELAY_AFTER` in flight for one address is refused by design.
+    accounts = [
+        {
+            "email": f"bench-{secrets.token_hex(4)}@example.com",
+            "password": secrets.token_urlsafe(24),
+        }
+        for _ in range(concurrency)
+    ]
     async with httpx.AsyncClient(base_url=server.url) as client:
-        signed_up = await client.post("/api/auth/sign-up", json=credentials)
-        assert signed_up.status_code == 202, signed_up.text
+        for credentials in accounts:
+            signed_up = await client.post("/api/auth/sign-up", json=credentials)
+            assert signed_up.status_code == 202, signed_up.text
+    credentials = accounts[0]
 
     # An API client: the token from the body, no cookie jar (a browser would also send the
     # previous session's cookie, which the sign-in then ends: one more statement).
     json_body = {"Content-Type": "application/json"}
-    sign_in = raw_request("POST", "/api/auth/sign-in", json_body, json.dumps(credentials))
+    sign_in = [
+        raw_request("POST", "/api/auth/sign-in", json_body, json.dumps(account))
+        for account in accounts
+    ]
     hello = raw_request("GET", "/health", {})
     run = functools.partial(raw_load, server=server, concurrency=concurrency, seconds=seconds)
 

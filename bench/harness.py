@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,15 +207,22 @@ def raw_request(method: str, path: str, headers: dict[str, str], body: str = "")
 
 
 async def raw_load(
-    request: bytes, server: Server, *, concurrency: int, seconds: float, expect: int = 200
+    request: bytes | Sequence[bytes],
+    server: Server,
+    *,
+    concurrency: int,
+    seconds: float,
+    expect: int = 200,
 ) -> LoadResult:
     """Send `request` from `concurrency` keep-alive connections for `seconds`; count and time
-    every answer, and measure the server's and this process's CPU over the same window."""
+    every answer, and measure the server's and this process's CPU over the same window. With a
+    sequence of requests, connection i sends request i (modulo its length)."""
     host, port = server.url.removeprefix("http://").split(":")
+    requests = [request] if isinstance(request, bytes) else list(request)
     latencies: list[float] = []
     errors = 0
 
-    async def worker(deadline: float) -> None:
+    async def worker(deadline: float, request: bytes) -> None:
         nonlocal errors
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
@@ -234,7 +241,9 @@ async def raw_load(
 
     server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
     started = time.perf_counter()
-    await asyncio.gather(*(worker(started + seconds) for _ in range(concurrency)))
+    await asyncio.gather(
+        *(worker(started + seconds, requests[i % len(requests)]) for i in range(concurrency))
+    )
     elapsed = time.perf_counter() - started
     return LoadResult(
         len(latencies),

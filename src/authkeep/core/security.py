@@ -64,9 +64,9 @@ def default_hash_workers() -> int:
     """Hashing threads when AUTHKEEP_HASH_CONCURRENCY is unset: one per core but one, so the
     event loop, the database driver and health checks keep a core during a login storm.
 
-    Measured on 2 cores (bench/bench_identity.py, SQLite): 2 hashing threads gave 25 sign-ins/s
-    with a p99 of 2.4 s; 1 thread gave 34/s with a p99 of 0.36 s. Argon2 threads that take
-    every core starve the request work each sign-in still needs."""
+    Measured on 2 cores (bench/bench_identity.py, SQLite, two runs each): with 2 hashing
+    threads, 25 and 39 sign-ins/s at a p99 of 2.4 and 0.92 s; with 1 thread, 34 and 29/s at a
+    p99 of 0.36 and 0.39 s. Throughput is a wash on this machine; the tail is not."""
     return max(1, (os.cpu_count() or 2) - 1)
 
 
