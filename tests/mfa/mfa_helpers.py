@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from identity_helpers import audit_rows, bearer, database, new_user, sign_in, us
 from sqlalchemy import select
 
 from authkeep.audit.models import AuditEvent
+from authkeep.mfa import service as mfa
 from authkeep.mfa.models import MfaFactor
 from support.secrets_scan import SCAN
 
@@ -182,3 +184,15 @@ async def released_together(count: int, attempt: Callable[[int], Awaitable[int]]
     await asyncio.sleep(0)
     gate.set()
     return Counter(await asyncio.gather(*tasks))
+
+
+async def spend_together(app: FastAPI, user_id: uuid.UUID, code: str, count: int = 16) -> int:
+    """`count` units of work spend one recovery code at once (`released_together`); how many
+    succeeded."""
+    settings = app.state.settings
+
+    async def attempt(_index: int) -> int:
+        async with database(app).session_scope() as db:
+            return int(await mfa.use_recovery_code(db, user_id, code, settings))
+
+    return (await released_together(count, attempt))[1]

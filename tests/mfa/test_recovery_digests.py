@@ -21,14 +21,13 @@ from mfa_helpers import (
     error,
     mfa_user,
     register_recovery_codes,
-    released_together,
     sign_in_mfa,
+    spend_together,
 )
 from sqlalchemy import select, update
 
 from authkeep.config import Settings
 from authkeep.mfa import crypto
-from authkeep.mfa import service as mfa
 from authkeep.mfa.models import RecoveryCode
 from support.secrets_scan import FIGURES
 
@@ -142,16 +141,10 @@ async def test_sixteen_concurrent_spends_of_a_legacy_code_succeed_once_FI_RACE_0
     legacy code at once, exactly one succeeds, in every trial."""
     user = await mfa_user(client, code_watch)
     user_id = (await user_row(app, user.email)).id
-    settings: Settings = app.state.settings
     wins = []
     for code in user.recovery_codes[:LEGACY_RACE_TRIALS]:
         await make_legacy(app, user_id, code)
-
-        async def attempt(_index: int, code: str = code) -> int:
-            async with database(app).session_scope() as db:
-                return int(await mfa.use_recovery_code(db, user_id, code, settings))
-
-        wins.append((await released_together(16, attempt))[1])
+        wins.append(await spend_together(app, user_id, code))
     assert wins == [1] * LEGACY_RACE_TRIALS
     engine = "sqlite" if migrated_url.startswith("sqlite") else "postgresql"
     FIGURES.append(
